@@ -1,0 +1,24 @@
+"""spacy-distill: distil transformer text classifiers into small spaCy students.
+
+Importing the package registers its components, architectures, losses, tokenizer,
+augmenter and reader (installed entry points do the same without the import).
+"""
+
+from . import component, layers, losses, models, teacher_scores, tokenizer  # noqa: F401
+from .component import DistillTextCategorizer
+from .losses import DistillLoss, DistillTargets, LogitMSE, SoftCrossEntropy
+from .teacher_scores import get_teacher_logits, get_teacher_probs, set_teacher_scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DistillTextCategorizer",
+    "DistillLoss",
+    "DistillTargets",
+    "LogitMSE",
+    "SoftCrossEntropy",
+    "get_teacher_logits",
+    "get_teacher_probs",
+    "set_teacher_scores",
+    "__version__",
+]

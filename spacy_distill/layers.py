@@ -1,0 +1,142 @@
+"""Thinc layers the stock library lacks: empty-safe pooling and an empty-batch guard."""
+
+from typing import Callable, List, Optional, Tuple, cast
+
+from spacy.util import registry
+from thinc.api import Model
+from thinc.types import Floats2d, Ints1d
+
+
+@registry.layers("spacy-distill.MeanMaxPool.v1")
+def MeanMaxPool(pooling: str = "meanmax") -> Model[List[Floats2d], Floats2d]:
+    """Pool each sequence of vectors into one vector, by mean, max or both.
+
+    Unlike thinc's ``reduce_max``, a zero-length sequence (an empty doc) is
+    allowed and pools to a zero vector, so empty docs need no special case
+    upstream.
+
+    pooling (str): "mean", "max" or "meanmax" (the two concatenated).
+    RETURNS (Model[List[Floats2d], Floats2d]): The pooling layer. Its nO is nI
+        for "mean"/"max" and 2 * nI for "meanmax".
+    """
+    if pooling not in ("mean", "max", "meanmax"):
+        raise ValueError(f"pooling must be 'mean', 'max' or 'meanmax', not {pooling!r}")
+    return Model(
+        f"{pooling}_pool",
+        meanmax_forward,
+        init=meanmax_init,
+        dims={"nI": None, "nO": None},
+        attrs={"pooling": pooling},
+    )
+
+
+def _n_parts(model: Model) -> int:
+    return 2 if model.attrs["pooling"] == "meanmax" else 1
+
+
+def meanmax_init(
+    model: Model, X: Optional[List[Floats2d]] = None, Y: Optional[Floats2d] = None
+) -> None:
+    """Infer nI (and so nO) from sample input."""
+    if X is not None and len(X) and not model.has_dim("nI"):
+        model.set_dim("nI", X[0].shape[1])
+    if model.has_dim("nI"):
+        model.set_dim("nO", model.get_dim("nI") * _n_parts(model))
+
+
+def meanmax_forward(
+    model: Model, Xs: List[Floats2d], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Floats2d]]]:
+    """Mean and/or max over each sequence; empty sequences give zeros."""
+    ops = model.ops
+    nI = model.get_dim("nI")
+    pooling = model.attrs["pooling"]
+    lengths = [len(x) for x in Xs]
+    parts = []
+    # Rows of the max per sequence, to route the gradient back (argmax).
+    which: List[Optional[Ints1d]] = []
+    if pooling in ("mean", "meanmax"):
+        means = ops.alloc2f(len(Xs), nI)
+        for i, x in enumerate(Xs):
+            if lengths[i]:
+                means[i] = x.mean(axis=0)
+        parts.append(means)
+    if pooling in ("max", "meanmax"):
+        maxes = ops.alloc2f(len(Xs), nI)
+        for i, x in enumerate(Xs):
+            if lengths[i]:
+                idx = cast(Ints1d, x.argmax(axis=0))
+                maxes[i] = x[idx, ops.xp.arange(nI)]
+                which.append(idx)
+            else:
+                which.append(None)
+        parts.append(maxes)
+    Y = cast(Floats2d, ops.xp.hstack(parts) if len(parts) > 1 else parts[0])
+
+    def backprop(dY: Floats2d) -> List[Floats2d]:
+        dXs = [ops.alloc2f(n, nI) for n in lengths]
+        col = 0
+        if pooling in ("mean", "meanmax"):
+            d_mean = dY[:, col : col + nI]
+            for i, n in enumerate(lengths):
+                if n:
+                    dXs[i] += d_mean[i] / n
+            col += nI
+        if pooling in ("max", "meanmax"):
+            d_max = dY[:, col : col + nI]
+            cols = ops.xp.arange(nI)
+            for i, n in enumerate(lengths):
+                idx = which[i]
+                if n and idx is not None:
+                    dXs[i][idx, cols] += d_max[i]
+        return dXs
+
+    return Y, backprop
+
+
+def with_nonempty(layer: Model[List[Floats2d], List[Floats2d]]) -> Model[List[Floats2d], List[Floats2d]]:
+    """Run a sequence layer unless every sequence in the batch is empty.
+
+    thinc's LSTM handles empty sequences inside a batch but fails on a batch of
+    only empty ones (a batch of empty docs), so such a batch is answered with
+    zero-row outputs of the layer's width without calling it.
+
+    layer (Model[List[Floats2d], List[Floats2d]]): The wrapped layer. Must have
+        its nO dimension set (or inferable at initialization).
+    RETURNS (Model[List[Floats2d], List[Floats2d]]): The guarded layer.
+    """
+    return Model(
+        f"nonempty({layer.name})",
+        nonempty_forward,
+        init=nonempty_init,
+        layers=[layer],
+        dims={"nO": layer.maybe_get_dim("nO"), "nI": layer.maybe_get_dim("nI")},
+    )
+
+
+def nonempty_init(model: Model, X: Optional[List[Floats2d]] = None, Y=None) -> None:
+    """Initialize the wrapped layer and copy its dims."""
+    layer = model.layers[0]
+    if X is not None and not any(len(x) for x in X):
+        X = None
+    layer.initialize(X=X, Y=Y)
+    for dim in ("nO", "nI"):
+        if layer.has_dim(dim):
+            model.set_dim(dim, layer.get_dim(dim))
+
+
+def nonempty_forward(
+    model: Model, Xs: List[Floats2d], is_train: bool
+) -> Tuple[List[Floats2d], Callable[[List[Floats2d]], List[Floats2d]]]:
+    """Call the layer, or return empty outputs for an all-empty batch."""
+    layer = model.layers[0]
+    if any(len(x) for x in Xs):
+        return layer(Xs, is_train)
+    nO = layer.get_dim("nO")
+    nI = layer.get_dim("nI")
+    Ys = [model.ops.alloc2f(0, nO) for _ in Xs]
+
+    def backprop(dYs: List[Floats2d]) -> List[Floats2d]:
+        return [model.ops.alloc2f(0, nI) for _ in dYs]
+
+    return Ys, backprop

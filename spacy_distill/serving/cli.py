@@ -1,0 +1,10 @@
+"""Placeholder: replaced by the feature's own module."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI.
+
+    app (typer.Typer): The ``spacy-distill`` app.
+    """

@@ -1,0 +1,104 @@
+"""Settings for the HTTP server.
+
+The settings travel as JSON in an environment variable when uvicorn starts
+several worker processes (each worker rebuilds the app from them), so every
+field must stay JSON-serialisable.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+TOKEN_ENV_VAR = "SPACY_DISTILL_TOKEN"
+# Carries ``{"models": {...}, "settings": {...}}`` to uvicorn worker processes.
+CONFIG_ENV_VAR = "SPACY_DISTILL_SERVE_CONFIG"
+
+
+@dataclass
+class ServeSettings:
+    """Everything that configures the server, apart from the models.
+
+    host (str): Interface to bind. Loopback unless told otherwise.
+    port (int): TCP port.
+    workers (int): Number of uvicorn worker processes (each loads every model).
+    max_batch_size (int): Most texts run through ``nlp.pipe`` in one batch.
+    batch_wait_ms (float): How long the first request of a batch waits for
+        others to join it.
+    max_texts (int): Most texts per request.
+    max_chars (int): Most characters per text.
+    max_body_bytes (int): Largest request body accepted.
+    max_queue (int): Most requests waiting per model; more get a 503.
+    request_timeout_s (float): Longest a request waits for its results.
+    token (Optional[str]): Bearer token required on the API, or None for none.
+    cors_origins (List[str]): Origins allowed by CORS; empty means CORS off.
+    load_in_background (bool): Load models given as paths in a thread after
+        startup, so ``/health`` answers at once and ``/ready`` says when the
+        models are in.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_texts: int = 128
+    max_chars: int = 10_000
+    max_body_bytes: int = 2_000_000
+    max_queue: int = 1024
+    request_timeout_s: float = 60.0
+    token: Optional[str] = None
+    cors_origins: List[str] = field(default_factory=list)
+    load_in_background: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("workers", "max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        # An empty token would make every request "authenticated"; treat it as none.
+        if not self.token:
+            self.token = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings as a JSON-serialisable dict.
+
+        RETURNS (Dict[str, Any]): The fields and their values.
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ServeSettings":
+        """Build settings from ``to_dict`` output, ignoring unknown keys.
+
+        data (Dict[str, Any]): The fields.
+        RETURNS (ServeSettings): The settings.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def dump_config_to_env(models: Dict[str, str], settings: ServeSettings) -> None:
+    """Put the server config in the environment for uvicorn worker processes.
+
+    models (Dict[str, str]): Model name to package name or path.
+    settings (ServeSettings): The settings.
+    """
+    os.environ[CONFIG_ENV_VAR] = json.dumps({"models": models, "settings": settings.to_dict()})
+
+
+def load_config_from_env() -> "tuple[Dict[str, str], ServeSettings]":
+    """Read the config written by ``dump_config_to_env``.
+
+    RETURNS (tuple[Dict[str, str], ServeSettings]): The models and settings.
+    """
+    raw = os.environ.get(CONFIG_ENV_VAR)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV_VAR} is not set; start the server with `spacy-distill serve`")
+    data = json.loads(raw)
+    return dict(data["models"]), ServeSettings.from_dict(data["settings"])
