@@ -4,7 +4,7 @@ Importing the package registers its components, architectures, losses, tokenizer
 augmenter and reader (installed entry points do the same without the import).
 """
 
-from . import component, layers, losses, models, teacher_scores, tokenizer  # noqa: F401
+from . import augment, component, layers, losses, models, readers, teacher_scores, tokenizer  # noqa: F401
 from .component import DistillTextCategorizer
 from .losses import DistillLoss, DistillTargets, LogitMSE, SoftCrossEntropy
 from .teacher_scores import get_teacher_logits, get_teacher_probs, set_teacher_scores

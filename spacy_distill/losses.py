@@ -84,16 +84,17 @@ class LogitMSE(Loss):
         if truths.exclusive_classes:
             student = student - student.mean(axis=1, keepdims=True)
             teacher = teacher - teacher.mean(axis=1, keepdims=True)
-        return (student - teacher) * truths.teacher_mask[:, None]
+        return student - teacher
 
     def get_grad(self, guesses: Floats2d, truths: DistillTargets) -> Floats2d:
         # Centring is an orthogonal projection P with P^T = P, and the centred
         # difference is already in P's range, so the gradient needs no extra step.
-        return (2.0 * self._diff(guesses, truths) / _n_rows(guesses, self.normalize)).astype("f")
+        d = 2.0 * self._diff(guesses, truths) * truths.teacher_mask[:, None]
+        return (d / _n_rows(guesses, self.normalize)).astype("f")
 
     def get_loss(self, guesses: Floats2d, truths: DistillTargets) -> float:
-        diff = self._diff(guesses, truths)
-        return float((diff**2).sum() / _n_rows(guesses, self.normalize))
+        sq = (self._diff(guesses, truths) ** 2).sum(axis=1) * truths.teacher_mask
+        return float(sq.sum() / _n_rows(guesses, self.normalize))
 
 
 class SoftCrossEntropy(Loss):

@@ -1,0 +1,294 @@
+"""Text augmentation for distillation (Tang et al. 2019, "Distilling Task-Specific
+Knowledge from BERT into Simple Neural Networks", section 3.3).
+
+For each text, ``n_iter`` variants are made:
+
+1. with probability ``p_sent``, a text of several sentences is cut down to one
+   of them, chosen uniformly (needs sentence boundaries on the doc);
+2. token by token, with probability ``p_mask`` the token becomes ``mask_token``,
+   else with probability ``p_pos`` it becomes another word of the same universal
+   POS, drawn from that POS's unigram distribution in the corpus the augmenter
+   was fitted on (same language);
+3. with probability ``p_ng``, only a random n-gram is kept, n uniform in
+   ``1..max_ngram``.
+
+A rule is switched off by setting its probability to 0. Variants equal to the
+original text or to an earlier variant of it are dropped (they would only cost
+teacher time). Each text gets its own random generator seeded from ``seed`` and
+the text's index, so the same seed and input give byte-identical output,
+whatever the batching.
+"""
+
+import bisect
+import random
+from collections import Counter, defaultdict
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import srsly
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.util import registry
+
+# A token as the augmenter needs it: text, trailing whitespace, UPOS, sentence start.
+TokenTuple = Tuple[str, str, str, bool]
+
+# POS tags whose tokens are never replaced by sampling: replacing punctuation,
+# symbols, numbers or whitespace with random others changes no meaning worth
+# learning and makes garbled text.
+SKIP_POS = frozenset({"PUNCT", "SYM", "NUM", "X", "SPACE", ""})
+
+
+def doc_to_tokens(doc: Doc) -> List[TokenTuple]:
+    """The compact token list the augmenter works on.
+
+    doc (Doc): A doc with ``token.pos_`` set (sentence starts optional).
+    RETURNS (List[TokenTuple]): (text, whitespace, pos, is_sent_start) per token.
+    """
+    has_sents = doc.has_annotation("SENT_START")
+    return [
+        (t.text, t.whitespace_, t.pos_, bool(has_sents and t.is_sent_start and t.i > 0))
+        for t in doc
+    ]
+
+
+class PosAugmenter:
+    """Mask / same-POS replacement / n-gram / sentence sampling augmenter."""
+
+    def __init__(
+        self,
+        *,
+        n_iter: int = 20,
+        p_mask: float = 0.1,
+        p_pos: float = 0.1,
+        p_ng: float = 0.25,
+        max_ngram: int = 5,
+        p_sent: float = 0.25,
+        mask_token: str = "<mask>",
+        seed: int = 0,
+        pos_table: Optional[Dict[str, Dict[str, Dict[str, int]]]] = None,
+    ) -> None:
+        """Create the augmenter.
+
+        n_iter (int): Variants made per text (before de-duplication).
+        p_mask (float): Probability of masking a token.
+        p_pos (float): Probability of replacing a token by a same-POS word.
+        p_ng (float): Probability of keeping only a random n-gram.
+        max_ngram (int): Largest n for n-gram sampling.
+        p_sent (float): Probability of keeping one sentence of a multi-sentence text.
+        mask_token (str): The mask string (``<mask>`` for XLM-R vocabularies,
+            ``[MASK]`` for BERT ones).
+        seed (int): Random seed.
+        pos_table (Optional[Dict]): ``{lang: {pos: {word: count}}}`` from
+            :meth:`fit` (or :meth:`to_json`), needed when ``p_pos > 0``.
+        """
+        for name, p in (("p_mask", p_mask), ("p_pos", p_pos), ("p_ng", p_ng), ("p_sent", p_sent)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"PosAugmenter: {name} must be in [0, 1], got {p}")
+        if p_mask + p_pos > 1.0:
+            raise ValueError(f"PosAugmenter: p_mask + p_pos must be <= 1, got {p_mask + p_pos}")
+        if n_iter < 0 or max_ngram < 1:
+            raise ValueError(f"PosAugmenter: need n_iter >= 0 and max_ngram >= 1, got {n_iter}, {max_ngram}")
+        self.n_iter = n_iter
+        self.p_mask = p_mask
+        self.p_pos = p_pos
+        self.p_ng = p_ng
+        self.max_ngram = max_ngram
+        self.p_sent = p_sent
+        self.mask_token = mask_token
+        self.seed = seed
+        self._counts: Dict[str, Dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        self._tables: Dict[Tuple[str, str], Tuple[List[str], List[int]]] = {}
+        if pos_table:
+            for lang, by_pos in pos_table.items():
+                for pos, words in by_pos.items():
+                    self._counts[lang][pos].update(words)
+
+    # -- the unigram tables -------------------------------------------------
+
+    def fit(self, docs: Iterable[Doc], lang: str) -> "PosAugmenter":
+        """Add the words of POS-tagged docs to the language's unigram tables.
+
+        docs (Iterable[Doc]): Docs with ``token.pos_`` set.
+        lang (str): Their language.
+        RETURNS (PosAugmenter): self.
+        """
+        for doc in docs:
+            self.fit_tokens(doc_to_tokens(doc), lang)
+        return self
+
+    def fit_tokens(self, tokens: Sequence[TokenTuple], lang: str) -> None:
+        """Count one text's tokens (see :func:`doc_to_tokens`).
+
+        tokens (Sequence[TokenTuple]): The tokens.
+        lang (str): Their language.
+        """
+        by_pos = self._counts[lang]
+        for text, _ws, pos, _ss in tokens:
+            if pos not in SKIP_POS and text.strip():
+                by_pos[pos][text] += 1
+        self._tables.clear()
+
+    def to_json(self) -> Dict[str, Dict[str, Dict[str, int]]]:
+        """The unigram tables, ``{lang: {pos: {word: count}}}``."""
+        return {
+            lang: {pos: dict(sorted(c.items())) for pos, c in sorted(by_pos.items())}
+            for lang, by_pos in sorted(self._counts.items())
+        }
+
+    def _table(self, lang: str, pos: str) -> Optional[Tuple[List[str], List[int]]]:
+        key = (lang, pos)
+        if key not in self._tables:
+            counts = self._counts.get(lang, {}).get(pos)
+            if not counts:
+                return None
+            # Sorted for a fixed order: same counts, same draws.
+            words = sorted(counts)
+            cum: List[int] = []
+            total = 0
+            for w in words:
+                total += counts[w]
+                cum.append(total)
+            self._tables[key] = (words, cum)
+        return self._tables[key]
+
+    def _sample_word(self, rng: random.Random, lang: str, pos: str) -> Optional[str]:
+        table = self._table(lang, pos)
+        if table is None:
+            return None
+        words, cum = table
+        return words[bisect.bisect_right(cum, rng.randrange(cum[-1]))]
+
+    # -- making variants ----------------------------------------------------
+
+    def rng_for(self, index: int) -> random.Random:
+        """The random generator of the text at ``index`` (string seeds hash stably)."""
+        return random.Random(f"spacy-distill:{self.seed}:{index}")
+
+    def augment_tokens(
+        self, tokens: Sequence[TokenTuple], lang: str, rng: random.Random
+    ) -> List[str]:
+        """Variants of one text.
+
+        tokens (Sequence[TokenTuple]): The text's tokens.
+        lang (str): Its language (selects the unigram tables).
+        rng (random.Random): The text's random generator.
+        RETURNS (List[str]): Up to ``n_iter`` distinct variants, original excluded.
+        """
+        if self.p_pos > 0 and lang not in self._counts:
+            raise ValueError(
+                f"PosAugmenter: no POS unigram table for language {lang!r} "
+                f"(have {sorted(self._counts)}); fit it on POS-tagged {lang!r} text first."
+            )
+        original = _detok(tokens)
+        seen = {original}
+        variants: List[str] = []
+        sents = _sentence_spans(tokens)
+        for _ in range(self.n_iter):
+            toks: Sequence[TokenTuple] = tokens
+            if len(sents) > 1 and rng.random() < self.p_sent:
+                start, end = sents[rng.randrange(len(sents))]
+                toks = tokens[start:end]
+            words: List[Tuple[str, str]] = []
+            for text, ws, pos, _ss in toks:
+                x = rng.random()
+                if not text.strip():
+                    words.append((text, ws))
+                elif x < self.p_mask:
+                    words.append((self.mask_token, ws))
+                elif x < self.p_mask + self.p_pos and pos not in SKIP_POS:
+                    words.append((self._sample_word(rng, lang, pos) or text, ws))
+                else:
+                    words.append((text, ws))
+            if words and rng.random() < self.p_ng:
+                n = rng.randint(1, self.max_ngram)
+                start = rng.randrange(max(len(words) - n, 0) + 1)
+                words = words[start : start + n]
+            text = "".join(w + ws for w, ws in words).strip()
+            if text and text not in seen:
+                seen.add(text)
+                variants.append(text)
+        return variants
+
+    def augment_doc(self, doc: Doc, lang: str, index: int) -> List[str]:
+        """Variants of a POS-tagged doc.
+
+        doc (Doc): The doc, with ``token.pos_`` set.
+        lang (str): Its language.
+        index (int): Its position in the corpus (seeds its generator).
+        RETURNS (List[str]): The variants.
+        """
+        if self.p_pos > 0 and len(doc) and not doc.has_annotation("POS"):
+            raise ValueError(f"PosAugmenter: doc {index} has no POS tags: {doc.text[:60]!r}")
+        return self.augment_tokens(doc_to_tokens(doc), lang, self.rng_for(index))
+
+    def __call__(self, nlp: Language, example: Example) -> Iterator[Example]:
+        """spaCy's augmenter protocol (``[corpora.train.augmenter]``).
+
+        Yields the example, then its variants as new examples carrying the
+        original's gold cats. The reference doc needs POS tags (or ``p_pos = 0``)
+        and the generator is seeded from the text, so a text gets the same
+        variants in every epoch.
+
+        nlp (Language): The pipeline being trained.
+        example (Example): A training example.
+        YIELDS (Example): The example and its variants.
+        """
+        yield example
+        ref = example.reference
+        lang = ref.user_data.get("lang", nlp.lang)
+        rng = random.Random(f"spacy-distill:{self.seed}:{ref.text}")
+        for text in self.augment_tokens(doc_to_tokens(ref), lang, rng):
+            doc = nlp.make_doc(text)
+            doc.cats = dict(ref.cats)
+            yield Example(nlp.make_doc(text), doc)
+
+
+def _detok(tokens: Sequence[TokenTuple]) -> str:
+    return "".join(t[0] + t[1] for t in tokens).strip()
+
+
+def _sentence_spans(tokens: Sequence[TokenTuple]) -> List[Tuple[int, int]]:
+    starts = [0] + [i for i, t in enumerate(tokens) if t[3]]
+    ends = starts[1:] + [len(tokens)]
+    return [(s, e) for s, e in zip(starts, ends) if e > s]
+
+
+@registry.augmenters("spacy-distill.PosAugmenter.v1")
+def create_pos_augmenter(
+    n_iter: int = 20,
+    p_mask: float = 0.1,
+    p_pos: float = 0.1,
+    p_ng: float = 0.25,
+    max_ngram: int = 5,
+    p_sent: float = 0.25,
+    mask_token: str = "<mask>",
+    seed: int = 0,
+    pos_table: Optional[str] = None,
+) -> PosAugmenter:
+    """Registered augmenter (Tang et al. 2019 rules plus sentence sampling).
+
+    n_iter (int): Variants per text.
+    p_mask (float): Token masking probability.
+    p_pos (float): Same-POS replacement probability.
+    p_ng (float): N-gram sampling probability.
+    max_ngram (int): Largest n-gram.
+    p_sent (float): Sentence sampling probability.
+    mask_token (str): The mask string.
+    seed (int): Random seed.
+    pos_table (Optional[str]): Path of a JSON unigram table written by
+        ``spacy-distill augment --save-table`` (for use inside ``spacy train``).
+    RETURNS (PosAugmenter): The augmenter.
+    """
+    table = srsly.read_json(pos_table) if pos_table else None
+    return PosAugmenter(
+        n_iter=n_iter,
+        p_mask=p_mask,
+        p_pos=p_pos,
+        p_ng=p_ng,
+        max_ngram=max_ngram,
+        p_sent=p_sent,
+        mask_token=mask_token,
+        seed=seed,
+        pos_table=table,
+    )

@@ -1,0 +1,241 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+from spacy_distill.component import DistillTextCategorizer
+from spacy_distill.teacher_scores import get_teacher_logits, set_teacher_scores
+
+from .util import LABELS, SOFT_DATA, STUDENT_CONFIG, blank_xx, soft_examples, train
+
+# Overfitting tolerance: after 100 updates on 12 docs the student's P(POSITIVE)
+# must be within this distance of the teacher's for every doc.
+OVERFIT_TOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def trained():
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    losses = train(nlp, soft_examples(nlp), n_iter=100)
+    return nlp, losses
+
+
+def test_overfits_teacher_soft_targets_and_round_trips(trained, tmp_path):
+    nlp, losses = trained
+    assert losses["distill_textcat"] < 0.01
+    for text, p in SOFT_DATA:
+        assert nlp(text).cats["POSITIVE"] == pytest.approx(p, abs=OVERFIT_TOL), text
+    nlp.to_disk(tmp_path / "student")
+    nlp2 = spacy.load(tmp_path / "student")
+    for text, _ in SOFT_DATA:
+        assert nlp2(text).cats == pytest.approx(nlp(text).cats, abs=1e-6)
+    nlp3 = blank_xx()
+    nlp3.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    nlp3.get_pipe("distill_textcat").from_bytes(nlp.get_pipe("distill_textcat").to_bytes())
+    assert nlp3(SOFT_DATA[0][0]).cats == pytest.approx(nlp(SOFT_DATA[0][0]).cats, abs=1e-6)
+
+
+def test_learns_from_probabilities_only():
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    train(nlp, soft_examples(nlp, with_logits=False), n_iter=100)
+    for text, p in SOFT_DATA:
+        assert nlp(text).cats["POSITIVE"] == pytest.approx(p, abs=OVERFIT_TOL)
+
+
+def test_pipe_equals_call_and_handles_empty_docs(trained):
+    nlp, _ = trained
+    texts = [t for t, _ in SOFT_DATA] + ["", "   "]
+    piped = list(nlp.pipe(texts, batch_size=5))
+    for text, doc in zip(texts, piped):
+        assert doc.cats == pytest.approx(nlp(text).cats, abs=1e-6)
+        assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-5)
+    only_empty = list(nlp.pipe(["", ""]))
+    assert all(set(d.cats) == set(LABELS) for d in only_empty)
+    assert only_empty[0].cats == pytest.approx(nlp("").cats, abs=1e-6)
+
+
+def test_update_on_only_empty_docs_is_a_no_op(trained):
+    nlp, _ = trained
+    eg = Example(nlp.make_doc(""), nlp.make_doc(""))
+    set_teacher_scores(eg.reference, {"POSITIVE": 0.5, "NEGATIVE": 0.5})
+    losses = nlp.update([eg, eg])
+    assert losses["distill_textcat"] == 0.0
+
+
+def test_gold_cats_and_teacher_scores_mix():
+    nlp = blank_xx()
+    nlp.add_pipe(
+        "distill_textcat",
+        config={**STUDENT_CONFIG, "loss": {"@losses": "spacy-distill.DistillLoss.v1", "alpha": 0.5}},
+    )
+    examples = soft_examples(nlp, SOFT_DATA[:6])
+    for text, label in [("Absolutely wonderful.", "POSITIVE"), ("Awful, awful, awful.", "NEGATIVE")]:
+        ref = nlp.make_doc(text)
+        ref.cats = {k: float(k == label) for k in LABELS}
+        examples.append(Example(nlp.make_doc(text), ref))
+    train(nlp, examples, n_iter=60)
+    assert nlp("Absolutely wonderful.").cats["POSITIVE"] > 0.9
+    assert nlp("Awful, awful, awful.").cats["NEGATIVE"] > 0.9
+    scores = nlp.evaluate(examples[-2:])
+    assert scores["cats_macro_f"] == 1.0
+    assert "cats_score" in scores
+
+
+def test_doc_without_targets_is_an_error_naming_it(trained):
+    nlp, _ = trained
+    bare = Example(nlp.make_doc("no labels here"), nlp.make_doc("no labels here"))
+    with pytest.raises(ValueError, match=r"Doc 1 of the batch has neither teacher scores nor gold cats.*no labels here"):
+        nlp.update(soft_examples(nlp, SOFT_DATA[:1]) + [bare])
+
+
+def test_soft_gold_cats_are_rejected(trained):
+    nlp, _ = trained
+    ref = nlp.make_doc("soft gold")
+    ref.cats = {"POSITIVE": 0.7, "NEGATIVE": 0.3}
+    with pytest.raises(ValueError, match="gold cats must be 0 or 1"):
+        nlp.update([Example(nlp.make_doc("soft gold"), ref)])
+
+
+def test_nan_loss_raises():
+    nlp = blank_xx()
+    tc = nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    examples = soft_examples(nlp)
+    nlp.initialize(lambda: examples)
+    out = tc.model.get_ref("output_layer")
+    out.set_param("W", out.get_param("W") * numpy.nan)
+    with pytest.raises(ValueError, match="loss is nan"):
+        nlp.update(examples)
+
+
+def test_nonfinite_teacher_scores_raise():
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    examples = soft_examples(nlp)
+    nlp.initialize(lambda: examples)
+    bad = nlp.make_doc("bad teacher")
+    set_teacher_scores(bad, {"POSITIVE": 0.5, "NEGATIVE": 0.5}, {"POSITIVE": math.inf, "NEGATIVE": 0.0})
+    with pytest.raises(ValueError, match="non-finite teacher scores"):
+        nlp.update([Example(nlp.make_doc("bad teacher"), bad)])
+
+
+def test_multilabel_sigmoid():
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config={**STUDENT_CONFIG, "exclusive_classes": False})
+    examples = []
+    for text, p in SOFT_DATA:
+        ref = nlp.make_doc(text)
+        set_teacher_scores(ref, {"POSITIVE": p, "SHIPPING": 0.5 if "arrived" in text else 0.1})
+        examples.append(Example(nlp.make_doc(text), ref))
+    train(nlp, examples, n_iter=100)
+    doc = nlp(SOFT_DATA[0][0])
+    assert sum(doc.cats.values()) != pytest.approx(1.0, abs=0.05)
+    assert doc.cats["POSITIVE"] == pytest.approx(0.95, abs=OVERFIT_TOL)
+    assert doc.cats["SHIPPING"] == pytest.approx(0.5, abs=OVERFIT_TOL)
+    scores = nlp.evaluate(examples)
+    assert "cats_macro_auc" in scores
+
+
+def test_teacher_scores_survive_docbin(tmp_path):
+    nlp = blank_xx()
+    doc = nlp.make_doc("Gut")
+    set_teacher_scores(doc, {"POSITIVE": 0.8, "NEGATIVE": 0.2}, {"POSITIVE": math.log(0.8), "NEGATIVE": math.log(0.2)})
+    DocBin(store_user_data=True, docs=[doc]).to_disk(tmp_path / "x.spacy")
+    back = list(DocBin().from_disk(tmp_path / "x.spacy").get_docs(nlp.vocab))[0]
+    assert get_teacher_logits(back)["POSITIVE"] == pytest.approx(math.log(0.8))
+    assert back._.teacher_probs == {"POSITIVE": 0.8, "NEGATIVE": 0.2}
+
+
+def test_initialize_needs_two_labels():
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    ref = nlp.make_doc("x")
+    set_teacher_scores(ref, {"ONLY": 1.0})
+    with pytest.raises(ValueError, match="at least two labels"):
+        nlp.initialize(lambda: [Example(nlp.make_doc("x"), ref)])
+
+
+def test_default_config_resolves_and_is_a_bilstm():
+    nlp = blank_xx()
+    tc = nlp.add_pipe("distill_textcat")
+    assert isinstance(tc, DistillTextCategorizer)
+    assert tc.model.attrs["outputs"] == "logits"
+    names = [layer.name for layer in tc.model.walk()]
+    assert "lstm" in names and "meanmax_pool" in names
+    assert nlp.config["components"]["distill_textcat"]["loss"]["@losses"] == "spacy-distill.SoftCrossEntropy.v1"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_entry_points_load_everything_without_importing_the_package():
+    code = """
+    import sys
+    import spacy
+    from spacy.util import registry
+    assert "spacy_distill" not in sys.modules
+    nlp = spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
+    nlp.add_pipe("distill_textcat")
+    for reg, name in [
+        ("architectures", "spacy-distill.BiLSTMTextCat.v1"),
+        ("layers", "spacy-distill.MeanMaxPool.v1"),
+        ("losses", "spacy-distill.LogitMSE.v1"),
+        ("losses", "spacy-distill.SoftCrossEntropy.v1"),
+        ("losses", "spacy-distill.DistillLoss.v1"),
+        ("scorers", "spacy-distill.textcat_scorer.v1"),
+        ("tokenizers", "spacy-distill.CJKCharTokenizer.v1"),
+        ("augmenters", "spacy-distill.PosAugmenter.v1"),
+        ("readers", "spacy-distill.TeacherLabelled.v1"),
+    ]:
+        assert registry.has(reg, name), (reg, name)
+    print([t.text for t in nlp.make_doc("很好")], nlp.pipe_names)
+    """
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert "['很', '好'] ['distill_textcat']" in result.stdout
+
+
+def test_student_loads_and_predicts_without_torch(trained, tmp_path):
+    nlp, _ = trained
+    nlp.to_disk(tmp_path / "student")
+    expected = nlp(SOFT_DATA[0][0]).cats["POSITIVE"]
+    code = f"""
+    import sys, importlib.abc
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+
+    sys.meta_path.insert(0, BlockTorch())
+    # spacy-transformers needs torch, so an environment without torch has no
+    # spacy-transformers either: hide its entry points, as if not installed.
+    import importlib.metadata, catalogue
+    catalogue.AVAILABLE_ENTRY_POINTS = importlib.metadata.EntryPoints(
+        ep
+        for dist in importlib.metadata.distributions()
+        for ep in dist.entry_points
+        if not ep.value.startswith("spacy_transformers")
+    )
+    try:
+        import torch  # noqa
+        raise SystemExit("torch imported")
+    except ImportError:
+        pass
+    import spacy
+    nlp = spacy.load({str(tmp_path / "student")!r})
+    doc = nlp({SOFT_DATA[0][0]!r})
+    assert "torch" not in sys.modules
+    print(round(doc.cats["POSITIVE"], 6))
+    """
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,58 @@
+"""Small real data for the tests: reviews written for the tests, in six languages."""
+
+import math
+from typing import List, Tuple
+
+import spacy
+from spacy.language import Language
+from spacy.training import Example
+
+from spacy_distill.teacher_scores import set_teacher_scores
+
+# (text, teacher P(POSITIVE)) — invented reviews, not MARC data.
+SOFT_DATA: List[Tuple[str, float]] = [
+    ("Great product, works perfectly and arrived early.", 0.95),
+    ("Terrible quality, it broke after one day.", 0.05),
+    ("It is okay, nothing special but does the job.", 0.65),
+    ("Das Produkt ist super, sehr zu empfehlen.", 0.9),
+    ("Leider kaputt angekommen, nie wieder.", 0.1),
+    ("Muy buena calidad, lo recomiendo.", 0.85),
+    ("No funciona, una pérdida de dinero.", 0.15),
+    ("Produit correct mais un peu cher.", 0.55),
+    ("とても良い商品です。また買います。", 0.9),
+    ("すぐに壊れました。最悪です。", 0.08),
+    ("质量很好，推荐购买！", 0.92),
+    ("太差了，完全不能用。", 0.06),
+]
+
+LABELS = ("NEGATIVE", "POSITIVE")
+
+STUDENT_CONFIG = {
+    "model": {"embed": {"width": 32, "rows": [1000, 500, 500, 500]}},
+}
+
+
+def blank_xx() -> Language:
+    return spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
+
+
+def soft_examples(nlp: Language, data=SOFT_DATA, with_logits: bool = True) -> List[Example]:
+    examples = []
+    for text, p in data:
+        ref = nlp.make_doc(text)
+        probs = {"POSITIVE": p, "NEGATIVE": 1 - p}
+        logits = {k: math.log(v) for k, v in probs.items()} if with_logits else None
+        set_teacher_scores(ref, probs, logits)
+        examples.append(Example(nlp.make_doc(text), ref))
+    return examples
+
+
+def train(nlp: Language, examples: List[Example], n_iter: int = 100, seed: int = 0):
+    from thinc.api import fix_random_seed
+
+    fix_random_seed(seed)
+    optimizer = nlp.initialize(lambda: examples)
+    losses = {}
+    for _ in range(n_iter):
+        losses = nlp.update(examples, sgd=optimizer)
+    return losses
