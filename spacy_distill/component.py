@@ -14,7 +14,7 @@ differences:
 """
 
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy
 from spacy.language import Language
@@ -22,7 +22,7 @@ from spacy.pipeline.textcat import TextCategorizer
 from spacy.scorer import Scorer
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples, validate_get_examples
-from spacy.util import registry
+from spacy.util import minibatch, registry
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.loss import Loss
@@ -66,6 +66,7 @@ def distill_textcat_score(examples: Iterable[Example], **kwargs: Any) -> Dict[st
     RETURNS (Dict[str, Any]): ``cats_score``, ``cats_macro_f`` etc.
     """
     exclusive = kwargs.pop("exclusive_classes", True)
+    kwargs.pop("store_tensor", None)
     if exclusive:
         # For exclusive classes the top label is the prediction, whatever its score.
         kwargs["threshold"] = 0.0
@@ -87,6 +88,7 @@ def make_distill_textcat_scorer() -> Callable[..., Dict[str, Any]]:
     default_config={
         "threshold": 0.5,
         "exclusive_classes": True,
+        "store_tensor": True,
         "model": DEFAULT_DISTILL_MODEL,
         "loss": DEFAULT_DISTILL_LOSS,
         "scorer": {"@scorers": "spacy-distill.textcat_scorer.v1"},
@@ -112,6 +114,7 @@ def make_distill_textcat(
     exclusive_classes: bool,
     threshold: float,
     scorer: Optional[Callable],
+    store_tensor: bool = True,
 ) -> "DistillTextCategorizer":
     """Create a ``distill_textcat`` component.
 
@@ -123,6 +126,7 @@ def make_distill_textcat(
     exclusive_classes (bool): One label per doc (softmax) or multi-label (sigmoid).
     threshold (float): Cut-off for a positive label in multi-label scoring.
     scorer (Optional[Callable]): The scoring method.
+    store_tensor (bool): Keep the encoder's token vectors as ``doc.tensor``.
     RETURNS (DistillTextCategorizer): The component.
     """
     return DistillTextCategorizer(
@@ -133,6 +137,7 @@ def make_distill_textcat(
         exclusive_classes=exclusive_classes,
         threshold=threshold,
         scorer=scorer,
+        store_tensor=store_tensor,
     )
 
 
@@ -149,6 +154,7 @@ class DistillTextCategorizer(TextCategorizer):
         exclusive_classes: bool = True,
         threshold: float = 0.5,
         scorer: Optional[Callable] = distill_textcat_score,
+        store_tensor: bool = True,
     ) -> None:
         """Initialize the component.
 
@@ -161,9 +167,12 @@ class DistillTextCategorizer(TextCategorizer):
         exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
         threshold (float): Multi-label decision threshold for scoring.
         scorer (Optional[Callable]): The scoring method.
+        store_tensor (bool): Keep the encoder's token vectors as ``doc.tensor``
+            (models with "encoder" and "head" refs, like BiLSTMTextCat).
         """
         super().__init__(vocab, model, name, threshold=threshold, scorer=scorer)
         self.cfg["exclusive_classes"] = bool(exclusive_classes)
+        self.cfg["store_tensor"] = bool(store_tensor)
         if not isinstance(loss, DistillLoss):
             loss = DistillLoss(soft_loss=loss, alpha=0.0)
         self.loss = loss
@@ -205,6 +214,44 @@ class DistillTextCategorizer(TextCategorizer):
         RETURNS (Floats2d): Softmax or sigmoid scores, one row per doc.
         """
         return self._activate(self.predict_logits(docs))
+
+    def _predict_with_tensors(self, docs: List[Doc]) -> Tuple[Floats2d, Optional[List[Floats2d]]]:
+        model = self.model
+        if not (self.cfg.get("store_tensor") and model.has_ref("encoder") and model.has_ref("head")):
+            return self.predict(docs), None
+        if not docs:
+            return model.ops.alloc2f(0, len(self.labels)), []
+        hidden = model.get_ref("encoder").predict(docs)
+        return self._activate(model.get_ref("head").predict(hidden)), hidden
+
+    def _annotate(self, docs: List[Doc]) -> None:
+        scores, hidden = self._predict_with_tensors(docs)
+        self.set_annotations(docs, scores)
+        if hidden is not None:
+            # The BiLSTM's token vectors, as a tok2vec component would leave
+            # them: servers pool doc.tensor into a doc vector (/encode).
+            for doc, rows in zip(docs, hidden):
+                doc.tensor = self.model.ops.to_numpy(rows)
+
+    def __call__(self, doc: Doc) -> Doc:
+        """Classify one doc (and store its token vectors if ``store_tensor``).
+
+        doc (Doc): The document.
+        RETURNS (Doc): The document, with ``doc.cats`` set.
+        """
+        self._annotate([doc])
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Classify a stream of docs in batches.
+
+        stream (Iterable[Doc]): The documents.
+        batch_size (int): Docs per batch.
+        YIELDS (Doc): The documents, with ``doc.cats`` set.
+        """
+        for docs in minibatch(stream, size=batch_size):
+            self._annotate(docs)
+            yield from docs
 
     def update(
         self,

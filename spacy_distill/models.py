@@ -62,9 +62,13 @@ def build_bilstm_textcat(
     pool.set_dim("nI", width)
     pool.set_dim("nO", width * (2 if pooling == "meanmax" else 1))
     output = Linear(nO=nO, nI=pool.get_dim("nO"))
-    model: Model[List[Doc], Floats2d] = chain(
-        embed, with_nonempty(with_padded(lstm)), pool, output
-    )
+    encoder = chain(embed, with_nonempty(with_padded(lstm)))
+    head = chain(pool, output)
+    model: Model[List[Doc], Floats2d] = chain(encoder, head)
+    # The component runs encoder and head separately at prediction time, to
+    # keep the BiLSTM's token vectors as doc.tensor (for /encode, similarity).
+    model.set_ref("encoder", encoder)
+    model.set_ref("head", head)
     model.set_ref("embed", embed)
     model.set_ref("output_layer", output)
     model.attrs["outputs"] = "logits"

@@ -62,6 +62,19 @@ def test_pipe_equals_call_and_handles_empty_docs(trained):
     assert only_empty[0].cats == pytest.approx(nlp("").cats, abs=1e-6)
 
 
+def test_token_vectors_are_stored_as_doc_tensor(trained):
+    nlp, _ = trained
+    texts = [SOFT_DATA[0][0], "", SOFT_DATA[-1][0]]
+    for doc, alone in zip(nlp.pipe(texts), (nlp(t) for t in texts)):
+        assert doc.tensor.shape == (len(doc), 32)
+        numpy.testing.assert_allclose(doc.tensor, alone.tensor, atol=1e-6)
+    nlp.get_pipe("distill_textcat").cfg["store_tensor"] = False
+    try:
+        assert nlp(SOFT_DATA[0][0]).tensor.size == 0
+    finally:
+        nlp.get_pipe("distill_textcat").cfg["store_tensor"] = True
+
+
 def test_update_on_only_empty_docs_is_a_no_op(trained):
     nlp, _ = trained
     eg = Example(nlp.make_doc(""), nlp.make_doc(""))
