@@ -10,7 +10,7 @@ training code.
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy
 import spacy
@@ -41,6 +41,7 @@ class ModelInfo:
     labels (List[str]): Labels of the components that set ``doc.cats``.
     vector_source (Optional[str]): Where ``/encode`` takes vectors from, or None.
     vector_width (int): Width of the vectors ``/encode`` returns (0 if none).
+    empty_result (Dict[str, Any]): The ``/classify`` result for texts without tokens.
     """
 
     name: str
@@ -50,7 +51,9 @@ class ModelInfo:
     labels: List[str]
     vector_source: Optional[str] = None
     vector_width: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
+    empty_result: Dict[str, Any] = field(
+        default_factory=lambda: {"cats": {}, "label": None, "score": None}
+    )
 
     def to_dict(self) -> Dict[str, Any]:
         """The public description used by ``/status``.
@@ -230,7 +233,9 @@ def _tensor_rows(doc: Doc) -> Optional[numpy.ndarray]:
 
 def _vector_rows(doc: Doc) -> Optional[numpy.ndarray]:
     vectors = doc.vocab.vectors
-    if vectors.shape[1] == 0 or (vectors.shape[0] == 0 and getattr(vectors, "mode", "") != "floret"):
+    if vectors.shape[1] == 0 or (
+        vectors.shape[0] == 0 and getattr(vectors, "mode", "") != "floret"
+    ):
         return None
     if len(doc) == 0:
         return numpy.zeros((0, vectors.shape[1]), dtype="float32")
@@ -281,6 +286,23 @@ def encode_doc(doc: Doc, source: str, width: int, pooling: str) -> List[float]:
     return vector.astype("float64").tolist()
 
 
+def process_texts(nlp: Language, texts: Sequence[str], batch_size: int) -> List[Optional[Doc]]:
+    """Run texts through the pipeline, leaving out texts without tokens.
+
+    Many models raise on a doc without tokens (pooling over zero rows), and
+    one empty text must not fail a whole batch, so such texts are not run:
+    their slot holds None (see ``empty_classify_result``).
+
+    nlp (Language): The pipeline.
+    texts (Sequence[str]): The texts.
+    batch_size (int): ``nlp.pipe`` batch size.
+    RETURNS (List[Optional[Doc]]): One processed doc (or None) per text, in order.
+    """
+    docs = [nlp.make_doc(text) for text in texts]
+    processed = iter(nlp.pipe([doc for doc in docs if len(doc) > 0], batch_size=batch_size))
+    return [next(processed) if len(doc) > 0 else None for doc in docs]
+
+
 def describe(name: str, source: str, nlp: Language) -> ModelInfo:
     """Describe a loaded pipeline, running it once on a probe text.
 
@@ -302,4 +324,22 @@ def describe(name: str, source: str, nlp: Language) -> ModelInfo:
         labels=cat_labels(nlp),
         vector_source=vector_source,
         vector_width=width,
+        empty_result=empty_classify_result(nlp),
     )
+
+
+def empty_classify_result(nlp: Language) -> Dict[str, Any]:
+    """What ``/classify`` answers for a text without tokens.
+
+    Many models cannot process a doc without tokens (pooling layers raise on
+    zero-length sequences), so such texts never enter a batch: they get the
+    model's own answer for an empty doc, computed once here, or no categories
+    if the model raises on it.
+
+    nlp (Language): The pipeline.
+    RETURNS (Dict[str, Any]): The result for every empty text.
+    """
+    try:
+        return classify_result(nlp(""))
+    except Exception:  # noqa: BLE001 - any failure means "no answer for empty texts"
+        return {"cats": {}, "label": None, "score": None}

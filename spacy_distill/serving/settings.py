@@ -53,7 +53,14 @@ class ServeSettings:
     load_in_background: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("workers", "max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue")
+        positive = (
+            "workers",
+            "max_batch_size",
+            "max_texts",
+            "max_chars",
+            "max_body_bytes",
+            "max_queue",
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -99,6 +106,8 @@ def load_config_from_env() -> "tuple[Dict[str, str], ServeSettings]":
     """
     raw = os.environ.get(CONFIG_ENV_VAR)
     if not raw:
-        raise RuntimeError(f"{CONFIG_ENV_VAR} is not set; start the server with `spacy-distill serve`")
+        raise RuntimeError(
+            f"{CONFIG_ENV_VAR} is not set; start the server with `spacy-distill serve`"
+        )
     data = json.loads(raw)
     return dict(data["models"]), ServeSettings.from_dict(data["settings"])

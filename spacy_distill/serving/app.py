@@ -1,0 +1,646 @@
+"""The FastAPI app: ``create_app(models, settings)``.
+
+The app is built by a factory so tests can run it in-process, ``spacy-distill
+serve`` can hand it to uvicorn, and Ray Serve can wrap the same app with
+``serve.ingress``. It depends only on ``spacy.load`` and on what a loaded
+pipeline exposes (see ``inference.py``).
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import platform
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Mapping, Optional, Union
+
+import numpy
+import spacy
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from spacy.language import Language
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batching import (
+    TASK_CLASSIFY,
+    TASK_ENCODE,
+    InferenceError,
+    ModelWorker,
+    QueueFullError,
+    WorkerClosedError,
+)
+from .inference import ModelInfo, NoVectorsError, describe, load_pipeline
+from .schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    HealthResponse,
+    ReadyResponse,
+)
+from .settings import ServeSettings
+
+logger = logging.getLogger("spacy_distill.serving")
+
+STATIC_DIR = Path(__file__).parent / "static"
+ModelSource = Union[str, Path, Language]
+# Latencies kept for the /status percentiles (a sliding window, so memory is bounded).
+_LATENCY_WINDOW = 10_000
+_ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed JSON",
+        401: "Missing or wrong bearer token (only when a token is configured)",
+        404: "Unknown model",
+        413: "A size limit was exceeded (body, number of texts, characters per text)",
+        422: "Wrong types or missing fields, or the model cannot do this (e.g. no vectors)",
+        503: "Models still loading, overloaded, or shutting down",
+    }.items()
+}
+
+
+def _percentiles(values: "Deque[float]") -> Dict[str, float]:
+    if not values:
+        return {"count": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+    arr = numpy.asarray(values, dtype="float64") * 1000.0
+    p50, p95, p99 = numpy.percentile(arr, [50, 95, 99])
+    return {"count": len(values), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+class _Metrics:
+    """Prometheus metrics in a registry of their own, so several apps (tests)
+    can live in one process without clashing on the global registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "spacy_distill_requests",
+            "HTTP requests answered",
+            ["path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "spacy_distill_request_seconds",
+            "HTTP request latency",
+            ["path"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.texts = Counter(
+            "spacy_distill_texts", "Texts run through a model", ["model"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "spacy_distill_batch_texts",
+            "Texts per nlp.pipe batch",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "spacy_distill_batch_requests",
+            "Requests coalesced into one batch",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "spacy_distill_batch_seconds",
+            "Time to run one batch",
+            ["model"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "spacy_distill_queue_depth",
+            "Requests waiting per model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "spacy_distill_ready", "1 when every model is loaded", registry=self.registry
+        )
+
+    def observe_batch(self, model: str, n_jobs: int, n_texts: int, seconds: float) -> None:
+        self.texts.labels(model).inc(n_texts)
+        self.batch_size.labels(model).observe(n_texts)
+        self.batch_requests.labels(model).observe(n_jobs)
+        self.batch_seconds.labels(model).observe(seconds)
+
+
+class ServerState:
+    """Everything the app holds at run time.
+
+    models (Mapping[str, ModelSource]): Model name to package, path or pipeline.
+    settings (ServeSettings): The settings.
+    """
+
+    def __init__(self, models: Mapping[str, ModelSource], settings: ServeSettings) -> None:
+        if not models:
+            raise ValueError("at least one model is needed")
+        self.sources: Dict[str, ModelSource] = dict(models)
+        self.settings = settings
+        self.workers: Dict[str, ModelWorker] = {}
+        self.infos: Dict[str, ModelInfo] = {}
+        self.load_error: Optional[str] = None
+        self.loading = False
+        self.ready = threading.Event()
+        self.started = time.time()
+        self.requests_total = 0
+        self.requests_by_path: Dict[str, int] = {}
+        self.latencies: Dict[str, Deque[float]] = {
+            "classify": deque(maxlen=_LATENCY_WINDOW),
+            "encode": deque(maxlen=_LATENCY_WINDOW),
+        }
+        self.metrics = _Metrics()
+        self._lock = threading.Lock()
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.sources))
+
+    def load_models(self) -> None:
+        """Load and warm up every model and start its worker thread."""
+        self.loading = True
+        try:
+            for name, source in self.sources.items():
+                if name in self.workers:
+                    continue
+                label = source if not isinstance(source, Language) else "<object>"
+                logger.info("loading model %s from %s", name, label)
+                nlp = load_pipeline(source)
+                info = describe(name, str(label), nlp)
+                self.infos[name] = info
+                worker = ModelWorker(
+                    info,
+                    nlp,
+                    max_batch_size=self.settings.max_batch_size,
+                    batch_wait_s=self.settings.batch_wait_ms / 1000.0,
+                    max_queue=self.settings.max_queue,
+                    observer=self.metrics.observe_batch,
+                )
+                self.metrics.queue_depth.labels(name).set_function(lambda w=worker: w.queue_depth)
+                with self._lock:
+                    self.workers[name] = worker
+                logger.info("model %s ready (labels: %s)", name, ", ".join(info.labels) or "-")
+            self.ready.set()
+            self.metrics.ready.set(1)
+        except Exception as err:  # noqa: BLE001 - reported by /ready and the log
+            self.load_error = f"{type(err).__name__}: {err}"
+            logger.exception("failed to load the models")
+        finally:
+            self.loading = False
+
+    def close(self) -> None:
+        """Stop every worker after it has finished its queued requests."""
+        for worker in list(self.workers.values()):
+            if not worker.close(timeout=self.settings.request_timeout_s):
+                logger.warning("worker %s did not drain in time", worker.info.name)
+
+    def worker_for(self, model: Optional[str]) -> ModelWorker:
+        """The worker for a model name (None for the default), or an HTTP error."""
+        name = self.default_model if model is None else model
+        if name not in self.sources:
+            known = ", ".join(self.sources)
+            raise HTTPException(404, f"unknown model {name!r}; loaded models: {known}")
+        worker = self.workers.get(name)
+        if worker is None:
+            raise HTTPException(503, self.not_ready_message(), headers={"Retry-After": "1"})
+        return worker
+
+    def not_ready_message(self) -> str:
+        if self.load_error:
+            return f"models failed to load: {self.load_error}"
+        missing = [name for name in self.sources if name not in self.workers]
+        return f"models still loading: {', '.join(missing)}"
+
+    def record(self, path: str, status: int, seconds: float) -> None:
+        """Count a finished request (called from the middleware)."""
+        with self._lock:
+            self.requests_total += 1
+            self.requests_by_path[path] = self.requests_by_path.get(path, 0) + 1
+            if path in ("/classify", "/encode") and status == 200:
+                self.latencies[path[1:]].append(seconds)
+        self.metrics.requests.labels(path, str(status)).inc()
+        self.metrics.latency.labels(path).observe(seconds)
+
+    def status(self) -> Dict[str, Any]:
+        """The body of ``/status``."""
+        with self._lock:
+            latencies = {name: _percentiles(values) for name, values in self.latencies.items()}
+            by_path = dict(self.requests_by_path)
+            total = self.requests_total
+        models = {}
+        for name in self.sources:
+            info = self.infos.get(name)
+            worker = self.workers.get(name)
+            entry: Dict[str, Any] = info.to_dict() if info else {"name": name, "loaded": False}
+            entry["loaded"] = worker is not None
+            if worker is not None:
+                entry["batching"] = worker.stats()
+            models[name] = entry
+        s = self.settings
+        return {
+            "ready": self.ready.is_set(),
+            "load_error": self.load_error,
+            "default_model": self.default_model,
+            "uptime_s": time.time() - self.started,
+            "requests": {"total": total, "by_path": by_path},
+            "latency_ms": latencies,
+            "models": models,
+            "limits": {
+                "max_texts": s.max_texts,
+                "max_chars": s.max_chars,
+                "max_body_bytes": s.max_body_bytes,
+                "max_batch_size": s.max_batch_size,
+                "batch_wait_ms": s.batch_wait_ms,
+                "max_queue": s.max_queue,
+                "request_timeout_s": s.request_timeout_s,
+            },
+            "auth": s.token is not None,
+            "versions": {"spacy": spacy.__version__, "python": platform.python_version()},
+        }
+
+
+class _GuardMiddleware:
+    """Outermost ASGI layer: enforces the body size limit before anything
+    parses the body, and records every request for /status and /metrics."""
+
+    def __init__(self, app: Any, state: ServerState, known_paths: Callable[[], "set[str]"]) -> None:
+        self.app = app
+        self.state = state
+        self.known_paths = known_paths
+        self._paths: Optional[set[str]] = None
+
+    async def __call__(
+        self, scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope.get("path", "")
+        # Label metrics by route, not raw path, so random paths cannot grow them without bound.
+        if self._paths is None:
+            self._paths = self.known_paths()
+        label = (
+            path if path in self._paths else ("/static" if path.startswith("/static/") else "other")
+        )
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = int(message["status"])
+            await send(message)
+
+        try:
+            body, too_big = await _read_body(scope, receive, self.state.settings.max_body_bytes)
+            if too_big is not None:
+                await _send_json(send_wrapper, 413, {"detail": too_big})
+                return
+            await self.app(scope, _replayer(body, receive), send_wrapper)
+        finally:
+            self.state.record(label, status_holder["status"], time.perf_counter() - start)
+
+
+async def _read_body(
+    scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], limit: int
+) -> "tuple[List[Dict[str, Any]], Optional[str]]":
+    """Read the request body, stopping at the limit.
+
+    RETURNS: The messages read (to replay to the app) and an error message if
+        the body is larger than ``limit`` bytes.
+    """
+    message = f"request body exceeds the limit max_body_bytes={limit}"
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return [], message
+        except ValueError:
+            pass
+    if scope.get("method", "GET") in ("GET", "HEAD", "OPTIONS"):
+        return [], None
+    messages: List[Dict[str, Any]] = []
+    chunks: List[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            messages.append(msg)
+            break
+        body = msg.get("body", b"")
+        size += len(body)
+        if size > limit:
+            # Chunked uploads have no Content-Length: stop reading at the limit.
+            return [], message
+        chunks.append(body)
+        if not msg.get("more_body", False):
+            break
+    return [{"type": "http.request", "body": b"".join(chunks), "more_body": False}] + messages, None
+
+
+def _replayer(
+    messages: List[Dict[str, Any]], receive: Callable[[], Awaitable[Any]]
+) -> Callable[[], Awaitable[Any]]:
+    """A ``receive`` that first returns the already-read messages."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send: Any, status: int, body: Dict[str, Any]) -> None:
+    data = json.dumps(body).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def _printable(text: str) -> str:
+    """Escape what UTF-8 cannot encode (lone surrogates from the request can
+    end up in messages, e.g. as an unknown field name)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _validation_message(err: RequestValidationError) -> "tuple[int, str]":
+    """Turn pydantic's error list into a status and one readable line."""
+    errors = list(err.errors())
+    for item in errors:
+        if item.get("type") == "json_invalid":
+            detail = (item.get("ctx") or {}).get("error", "invalid JSON")
+            loc = item.get("loc") or ()
+            pos = f" at position {loc[-1]}" if len(loc) > 1 else ""
+            return 400, f"malformed JSON{pos}: {detail}"
+    if any(item.get("type") == "missing" and tuple(item.get("loc", ())) == ("body",) for item in errors):
+        return 422, 'missing JSON body: expected an object like {"texts": ["..."]}'
+    parts = []
+    for item in errors[:5]:
+        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {item.get('msg', 'invalid')}")
+    if len(errors) > 5:
+        parts.append(f"... and {len(errors) - 5} more")
+    return 422, "invalid request: " + "; ".join(parts)
+
+
+def create_app(
+    models: Mapping[str, ModelSource], settings: Optional[ServeSettings] = None
+) -> FastAPI:
+    """Build the API for one or more spaCy pipelines with text classifiers.
+
+    models (Mapping[str, ModelSource]): Model name to package name, path or
+        loaded ``Language``. The first is the default model.
+    settings (Optional[ServeSettings]): Limits, batching, auth and CORS.
+    RETURNS (FastAPI): The app; models load when its lifespan starts.
+    """
+    settings = settings or ServeSettings()
+    state = ServerState(models, settings)
+
+    async def lifespan(app: FastAPI) -> Any:
+        if settings.load_in_background:
+            threading.Thread(
+                target=state.load_models, name="spacy-distill-loader", daemon=True
+            ).start()
+        else:
+            # Off the event loop even here: loading a teacher takes seconds.
+            await asyncio.get_running_loop().run_in_executor(None, state.load_models)
+            if state.load_error:
+                raise RuntimeError(state.not_ready_message())
+        try:
+            yield
+        finally:
+            # uvicorn has already let in-flight requests finish; this drains
+            # whatever is still queued and stops the threads.
+            await asyncio.get_running_loop().run_in_executor(None, state.close)
+
+    app = FastAPI(
+        title="spacy-distill server",
+        description=(
+            "Text classification and encoding with spaCy pipelines (distilled students, "
+            "transformer teachers, baselines). Limits: "
+            f"max_texts={settings.max_texts}, max_chars={settings.max_chars}, "
+            f"max_body_bytes={settings.max_body_bytes}."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.serving = state
+
+    bearer = HTTPBearer(auto_error=False, description="Needed only when the server has a token.")
+
+    async def require_token(
+        credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
+    ) -> None:
+        if settings.token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        # Compare bytes: compare_digest refuses non-ASCII str, and headers can be anything.
+        if credentials is None or not hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), settings.token.encode("utf-8")
+        ):
+            raise HTTPException(
+                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(err)
+        return JSONResponse({"detail": _printable(message)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": _printable(str(err.detail))},
+            status_code=err.status_code,
+            headers=err.headers,
+        )
+
+    async def run_job(
+        worker: ModelWorker, task: str, texts: List[str], pooling: str = "mean"
+    ) -> List[Any]:
+        if len(texts) > settings.max_texts:
+            raise HTTPException(
+                413, f"too many texts: {len(texts)} > max_texts={settings.max_texts}"
+            )
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_chars:
+                raise HTTPException(
+                    413, f"texts[{i}] has {len(text)} characters > max_chars={settings.max_chars}"
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                # JSON can smuggle in lone surrogates ("\ud800"), which spaCy cannot hash.
+                raise HTTPException(
+                    422, f"texts[{i}] is not valid Unicode: {err.reason} at position {err.start}"
+                ) from err
+        if not texts:
+            return []
+        try:
+            future = worker.submit(task, texts, pooling)
+        except QueueFullError as err:
+            raise HTTPException(503, f"overloaded: {err}", headers={"Retry-After": "1"}) from err
+        except WorkerClosedError as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from err
+        wrapped = asyncio.wrap_future(future)
+        try:
+            return await asyncio.wait_for(wrapped, timeout=settings.request_timeout_s)
+        except asyncio.TimeoutError as err:
+            raise HTTPException(
+                503,
+                f"no result within request_timeout_s={settings.request_timeout_s}",
+                headers={"Retry-After": "1"},
+            ) from err
+        except NoVectorsError as err:
+            raise HTTPException(422, str(err)) from err
+        except InferenceError as err:
+            # A model crashing on valid input is a server-side bug: a real 500.
+            raise HTTPException(500, f"model {worker.info.name!r}: {err}") from err
+
+    @app.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+        summary="Score texts with a model's text classifier",
+    )
+    async def classify(body: ClassifyRequest) -> JSONResponse:
+        start = time.perf_counter()
+        worker = state.worker_for(body.model)
+        results = await run_job(worker, TASK_CLASSIFY, body.texts)
+        return JSONResponse(
+            {
+                "model": worker.info.name,
+                "elapsed_ms": (time.perf_counter() - start) * 1000.0,
+                "results": results,
+            }
+        )
+
+    @app.post(
+        "/encode",
+        response_model=EncodeResponse,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+        summary="Turn texts into fixed-length vectors",
+    )
+    async def encode(body: EncodeRequest) -> JSONResponse:
+        start = time.perf_counter()
+        worker = state.worker_for(body.model)
+        if worker.info.vector_source is None:
+            raise HTTPException(
+                422,
+                f"model {worker.info.name!r} exposes no vectors: no doc.tensor, "
+                "no transformer output and no word vectors",
+            )
+        vectors = await run_job(worker, TASK_ENCODE, body.texts, body.pooling)
+        return JSONResponse(
+            {
+                "model": worker.info.name,
+                "elapsed_ms": (time.perf_counter() - start) * 1000.0,
+                "pooling": body.pooling,
+                "source": worker.info.vector_source,
+                "width": worker.info.vector_width,
+                "vectors": vectors,
+            }
+        )
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness (never needs a token)")
+    async def health() -> Dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "Models not loaded (yet)"}},
+        summary="Readiness: 200 once every model is loaded (never needs a token)",
+    )
+    async def ready() -> JSONResponse:
+        if state.ready.is_set():
+            return JSONResponse({"ready": True, "models": list(state.workers)})
+        return JSONResponse(
+            {"ready": False, "models": list(state.workers), "detail": state.not_ready_message()},
+            status_code=503,
+        )
+
+    @app.get(
+        "/status",
+        dependencies=[Depends(require_token)],
+        responses=_ERROR_RESPONSES,
+        summary="Models, counts, latency",
+    )
+    async def status() -> Dict[str, Any]:
+        return state.status()
+
+    @app.get(
+        "/metrics",
+        dependencies=[Depends(require_token)],
+        responses=_ERROR_RESPONSES,
+        response_class=Response,
+        summary="Prometheus metrics",
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    index_html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        auth = "true" if settings.token is not None else "false"
+        return HTMLResponse(index_html.replace("__AUTH_REQUIRED__", auth))
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    def known_paths() -> "set[str]":
+        return {getattr(route, "path", "") for route in app.routes}
+
+    # Added last, so it wraps everything (CORS included) and sees raw bodies first.
+    app.add_middleware(_GuardMiddleware, state=state, known_paths=known_paths)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes (``--workers`` > 1).
+
+    RETURNS (FastAPI): The app built from the config that ``spacy-distill
+        serve`` put in the environment.
+    """
+    from .settings import load_config_from_env
+
+    models, settings = load_config_from_env()
+    return create_app(models, settings)

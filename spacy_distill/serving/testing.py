@@ -1,0 +1,191 @@
+"""Helpers for testing the server: a tiny real pipeline and a live uvicorn.
+
+Used by the test suite and handy for trying the server without a trained
+model. Nothing here is mocked: the pipeline is a real (if tiny) spaCy
+``tok2vec`` + ``textcat`` trained for a few steps.
+"""
+
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Tuple, Union
+
+import spacy
+from spacy.language import Language
+from spacy.training import Example
+
+TRAIN_DATA: List[Tuple[str, str]] = [
+    ("I love this blender, it works great", "POSITIVE"),
+    ("Fantastic quality and fast delivery", "POSITIVE"),
+    ("Really happy with this purchase", "POSITIVE"),
+    ("The shoes are comfortable and look nice", "POSITIVE"),
+    ("Excellent value, would buy again", "POSITIVE"),
+    ("Terrible, it broke after one day", "NEGATIVE"),
+    ("Awful quality, do not buy", "NEGATIVE"),
+    ("The battery died and support never answered", "NEGATIVE"),
+    ("Waste of money, very disappointed", "NEGATIVE"),
+    ("It arrived broken and smells bad", "NEGATIVE"),
+]
+LABELS = ("POSITIVE", "NEGATIVE")
+
+
+def build_test_pipeline(with_tok2vec: bool = True, n_iter: int = 15, seed: int = 0) -> Language:
+    """A tiny English text classifier, trained for a few steps.
+
+    with_tok2vec (bool): Use a shared ``tok2vec`` component (so docs get a
+        ``doc.tensor`` for ``/encode``); otherwise a bag-of-words ``textcat``
+        that exposes no vectors.
+    n_iter (int): Training passes over the 10 sentences.
+    seed (int): Random seed.
+    RETURNS (Language): The trained pipeline.
+    """
+    spacy.util.fix_random_seed(seed)
+    nlp = spacy.blank("en")
+    if with_tok2vec:
+        nlp.add_pipe(
+            "tok2vec",
+            config={
+                "model": {
+                    "@architectures": "spacy.HashEmbedCNN.v2",
+                    "width": 32,
+                    "depth": 2,
+                    "embed_size": 500,
+                    "window_size": 1,
+                    "maxout_pieces": 2,
+                    "subword_features": True,
+                    "pretrained_vectors": None,
+                }
+            },
+        )
+        textcat_model = {
+            "@architectures": "spacy.TextCatReduce.v1",
+            "exclusive_classes": True,
+            "use_reduce_first": False,
+            "use_reduce_last": False,
+            "use_reduce_max": True,
+            "use_reduce_mean": True,
+            "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "*"},
+        }
+    else:
+        textcat_model = {
+            "@architectures": "spacy.TextCatBOW.v3",
+            "exclusive_classes": True,
+            "ngram_size": 1,
+            "no_output_layer": False,
+            "length": 4096,
+        }
+    textcat = nlp.add_pipe("textcat", config={"model": textcat_model})
+    for label in LABELS:
+        textcat.add_label(label)
+    examples = [
+        Example.from_dict(
+            nlp.make_doc(text), {"cats": {lab: float(lab == label) for lab in LABELS}}
+        )
+        for text, label in TRAIN_DATA
+    ]
+    optimizer = nlp.initialize(lambda: examples)
+    rng = random.Random(seed)
+    for _ in range(n_iter):
+        rng.shuffle(examples)
+        nlp.update(examples, sgd=optimizer, drop=0.0)
+    nlp.meta["name"] = "serving_test" if with_tok2vec else "serving_test_bow"
+    nlp.meta["version"] = "0.0.1"
+    nlp.meta["description"] = "Tiny test pipeline for spacy-distill serving"
+    return nlp
+
+
+def save_test_pipeline(path: Union[str, Path], with_tok2vec: bool = True) -> Path:
+    """Build the test pipeline and save it to a directory.
+
+    path (Union[str, Path]): Output directory.
+    with_tok2vec (bool): See ``build_test_pipeline``.
+    RETURNS (Path): The directory.
+    """
+    path = Path(path)
+    build_test_pipeline(with_tok2vec=with_tok2vec).to_disk(path)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``.
+
+    host (str): Interface.
+    RETURNS (int): The port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """Run an ASGI app on a real uvicorn in a background thread, on loopback.
+
+    app (Any): The ASGI app.
+    wait_ready (bool): Also wait until ``/ready`` answers 200.
+    timeout (float): Longest to wait for startup (and readiness).
+    """
+
+    def __init__(self, app: Any, wait_ready: bool = True, timeout: float = 60.0) -> None:
+        import uvicorn
+
+        self.app = app
+        self.wait_ready = wait_ready
+        self.timeout = timeout
+        # Bind here and hand uvicorn the socket, so no other process can grab the port in between.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "LiveServer":
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("uvicorn exited during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError("uvicorn did not start in time")
+            time.sleep(0.02)
+        if self.wait_ready:
+            wait_until_ready(self.url, timeout=max(1.0, deadline - time.monotonic()))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(self.timeout)
+        self._sock.close()
+
+
+def wait_until_ready(url: str, timeout: float = 60.0, headers: Optional[dict] = None) -> None:
+    """Poll ``/ready`` until it answers 200.
+
+    url (str): Server base URL.
+    timeout (float): Longest to wait, in seconds.
+    headers (Optional[dict]): Extra request headers.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/ready", timeout=2.0, headers=headers)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")

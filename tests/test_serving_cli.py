@@ -1,0 +1,126 @@
+"""The offline ``classify`` command and ``serve`` argument handling."""
+
+import json
+from pathlib import Path
+
+import pytest
+import spacy
+import typer
+from typer.testing import CliRunner
+
+from spacy_distill.serving import cli as serving_cli
+from spacy_distill.serving.testing import LABELS, save_test_pipeline
+
+TEXTS = ["I love this blender", "Terrible, it broke", "", 'Fast delivery, "quoted", comma']
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    serving_cli.register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_test_pipeline(tmp_path_factory.mktemp("cli_model") / "student")
+
+
+def _run(app: typer.Typer, *args: str):  # noqa: ANN202 - click Result
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _write(path: Path, fmt: str) -> Path:
+    if fmt == "txt":
+        # Blank lines are skipped in .txt, so the empty text is not in it.
+        path.write_text("\n".join(t for t in TEXTS if t) + "\n", encoding="utf-8")
+    elif fmt == "jsonl":
+        path.write_text(
+            "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(TEXTS)) + "\n",
+            encoding="utf-8",
+        )
+    else:
+        import csv
+
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["marc_idx", "text", "stars"])
+            for i, text in enumerate(TEXTS):
+                writer.writerow([i, text, 5])
+            writer.writerow([99, "multi\nline review", 1])
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv"])
+def test_classify_file(app: typer.Typer, model_dir: Path, tmp_path: Path, fmt: str) -> None:
+    source = _write(tmp_path / f"in.{fmt}", fmt)
+    output = tmp_path / "out" / "scores.jsonl"
+    result = _run(app, "classify", model_dir, source, "-o", output, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    expected = [t for t in TEXTS if t] if fmt == "txt" else list(TEXTS)
+    if fmt == "csv":
+        expected.append("multi\nline review")
+    assert [r["text"] for r in rows] == expected
+    nlp = spacy.load(model_dir)
+    for row in rows:
+        assert set(row["cats"]) == set(LABELS)
+        if row["text"]:
+            assert row["cats"] == pytest.approx(nlp(row["text"]).cats, abs=1e-5)
+    if fmt == "jsonl":
+        assert [r["id"] for r in rows] == list(range(len(TEXTS)))
+    if fmt == "csv":
+        assert rows[-1]["line"] == 6  # the multi-line record starts on line 6
+    assert not list(output.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "name,content,where,message",
+    [
+        ("bad.jsonl", b'{"text": "ok"}\n{"text": \n', "bad.jsonl:2", "invalid JSON"),
+        ("bad2.jsonl", b'{"text": "ok"}\n\n["a"]\n', "bad2.jsonl:3", "expected a JSON object"),
+        ("bad3.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', "bad3.jsonl:2", "missing field 'text'"),
+        ("bad4.jsonl", b'{"text": 5}\n', "bad4.jsonl:1", "must be a string"),
+        ("bad.csv", b"id,body\n1,x\n", "bad.csv:1", "no 'text' column"),
+        ("bad2.csv", b"id,text\n1,x\n2,y,extra\n", "bad2.csv:3", "expected 2 fields"),
+        ("bad.txt", b"fine\nbroken \xff byte\n", "bad.txt:2", "not valid UTF-8"),
+        ("bad.xml", b"<x/>", "bad.xml", "unsupported file type"),
+    ],
+)
+def test_classify_bad_input(
+    app: typer.Typer,
+    model_dir: Path,
+    tmp_path: Path,
+    name: str,
+    content: bytes,
+    where: str,
+    message: str,
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(content)
+    output = tmp_path / "out.jsonl"
+    result = _run(app, "classify", model_dir, source, "-o", output)
+    assert result.exit_code == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert where in error_lines[0] and message in error_lines[0]
+    assert not output.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_classify_missing_file_and_model(app: typer.Typer, model_dir: Path, tmp_path: Path) -> None:
+    result = _run(app, "classify", model_dir, tmp_path / "nope.txt", "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and "no such file" in result.stderr
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n", encoding="utf-8")
+    result = _run(app, "classify", tmp_path / "no_model", source, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and "cannot load model" in result.stderr
+
+
+def test_serve_rejects_bad_models(app: typer.Typer, model_dir: Path, tmp_path: Path) -> None:
+    result = _run(app, "serve", tmp_path / "missing")
+    assert result.exit_code == 1 and "neither a path nor an installed package" in result.stderr
+    result = _run(app, "serve", f"a={model_dir}", f"a={model_dir}")
+    assert result.exit_code == 1 and "two models are called 'a'" in result.stderr
+    result = _run(app, "serve", model_dir, "--max-texts", "0")
+    assert result.exit_code != 0
