@@ -13,7 +13,7 @@ from .teacher_scores import has_teacher_scores
 
 @registry.readers("spacy-distill.TeacherLabelled.v1")
 def create_teacher_labelled_reader(
-    path: Union[str, Path],
+    path: Optional[Union[str, Path]],
     limit: int = 0,
     langs: Optional[List[str]] = None,
     require_teacher: bool = True,
@@ -24,15 +24,18 @@ def create_teacher_labelled_reader(
     ``doc.user_data["lang"]``) and checks that every doc has teacher scores,
     naming the file and doc that has none.
 
-    path (Union[str, Path]): A ``.spacy`` file or a directory of them.
+    path (Optional[Union[str, Path]]): A ``.spacy`` file or a directory of
+        them (None only while filling a config: reading then is an error).
     limit (int): Read at most this many docs (0 = all), after the language filter.
     langs (Optional[List[str]]): Keep only docs of these languages.
     require_teacher (bool): Raise on a doc without teacher scores.
     RETURNS (Callable[[Language], Iterable[Example]]): The reader.
     """
-    root = Path(path)
+    root = Path(path) if path is not None else None
 
     def read(nlp: Language) -> Iterator[Example]:
+        if root is None:
+            raise ValueError("TeacherLabelled: no path given (set [paths] or the reader's path)")
         if not root.exists():
             raise ValueError(f"TeacherLabelled: {root} does not exist")
         files = sorted(root.rglob("*.spacy")) if root.is_dir() else [root]

@@ -1,0 +1,129 @@
+"""Every registered function resolves from config, and `spacy train` trains a
+student from teacher-labelled DocBins with no --code (entry points only)."""
+
+import subprocess
+import sys
+
+import pytest
+from spacy.tokens import DocBin
+from spacy.util import registry
+
+from spacy_distill.augment import PosAugmenter
+from spacy_distill.layers import MeanMaxPool
+
+from .util import LABELS, SOFT_DATA, blank_xx, soft_examples
+
+RESOLVE_CASES = [
+    (
+        {"@architectures": "spacy-distill.BiLSTMTextCat.v1", "depth": 2, "dropout": 0.1, "pooling": "max",
+         "embed": {"@architectures": "spacy.MultiHashEmbed.v2", "width": 16, "attrs": ["NORM"], "rows": [100],
+                   "include_static_vectors": False}},
+        lambda m: m.attrs["outputs"] == "logits" and any(n.name == "max_pool" for n in m.walk()),
+    ),
+    ({"@layers": "spacy-distill.MeanMaxPool.v1", "pooling": "mean"}, lambda m: m.name == "mean_pool"),
+    ({"@scorers": "spacy-distill.textcat_scorer.v1"}, callable),
+    ({"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}, callable),
+    ({"@augmenters": "spacy-distill.PosAugmenter.v1", "n_iter": 3, "p_pos": 0.0},
+     lambda a: isinstance(a, PosAugmenter) and a.n_iter == 3),
+    ({"@readers": "spacy-distill.TeacherLabelled.v1", "path": "x.spacy", "langs": ["de"]}, callable),
+]
+
+
+@pytest.mark.parametrize("block,check", RESOLVE_CASES)
+def test_registered_functions_resolve(block, check):
+    assert check(registry.resolve({"x": block})["x"])
+
+
+def test_meanmax_pool_rejects_unknown_pooling():
+    with pytest.raises(ValueError, match="pooling"):
+        MeanMaxPool("sum")
+
+
+STUDENT_CFG = """
+[paths]
+train = null
+dev = null
+
+[system]
+seed = 0
+gpu_allocator = null
+
+[nlp]
+lang = "xx"
+pipeline = ["textcat"]
+batch_size = 64
+
+[nlp.tokenizer]
+@tokenizers = "spacy-distill.CJKCharTokenizer.v1"
+
+[components]
+
+[components.textcat]
+factory = "distill_textcat"
+
+[components.textcat.loss]
+@losses = "spacy-distill.DistillLoss.v1"
+alpha = 0.5
+
+[components.textcat.loss.soft_loss]
+@losses = "spacy-distill.SoftCrossEntropy.v1"
+temperature = 2.0
+
+[components.textcat.model]
+@architectures = "spacy-distill.BiLSTMTextCat.v1"
+
+[components.textcat.model.embed]
+@architectures = "spacy.MultiHashEmbed.v2"
+width = 16
+attrs = ["NORM", "PREFIX"]
+rows = [500, 200]
+include_static_vectors = false
+
+[corpora]
+
+[corpora.train]
+@readers = "spacy-distill.TeacherLabelled.v1"
+path = ${paths.train}
+
+[corpora.dev]
+@readers = "spacy.Corpus.v1"
+path = ${paths.dev}
+
+[training]
+seed = ${system.seed}
+max_steps = 30
+eval_frequency = 10
+patience = 0
+
+[training.batcher]
+@batchers = "spacy.batch_by_words.v1"
+size = 200
+"""
+
+
+def test_spacy_train_without_code(tmp_path):
+    nlp = blank_xx()
+    DocBin(store_user_data=True, docs=[eg.reference for eg in soft_examples(nlp)]).to_disk(tmp_path / "train.spacy")
+    dev = []
+    for text, p in SOFT_DATA:
+        doc = nlp.make_doc(text)
+        doc.cats = {label: float((p > 0.5) == (label == "POSITIVE")) for label in LABELS}
+        dev.append(doc)
+    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
+    (tmp_path / "base.cfg").write_text(STUDENT_CFG)
+    fill = [sys.executable, "-m", "spacy", "init", "fill-config", str(tmp_path / "base.cfg"), str(tmp_path / "student.cfg")]
+    filled = subprocess.run(fill, capture_output=True, text=True, timeout=300)
+    assert filled.returncode == 0, filled.stderr[-3000:]
+    cmd = [
+        sys.executable, "-m", "spacy", "train", str(tmp_path / "student.cfg"), "--output", str(tmp_path / "out"),
+        "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "dev.spacy"),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CATS_SCORE" in result.stdout or "CATS_SCORE" in result.stderr
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "spacy", "evaluate", str(tmp_path / "out" / "model-last"), str(tmp_path / "dev.spacy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "TEXTCAT (macro F)" in evaluated.stdout
