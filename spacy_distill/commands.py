@@ -185,39 +185,58 @@ def label_command(
     component: Optional[str] = typer.Option(None, "--component", help="Name of the teacher's text classifier, if it has several."),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU to run the teacher on (-1 = CPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the teacher over Ray workers (needs spacy-distill[ray]); same output as the local path."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --ray: the Ray cluster address; default: start or join a local Ray."),
+    workers: int = typer.Option(2, "--workers", help="With --ray: number of teacher workers (actors)."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs reserved per worker."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="With --ray: GPUs per worker (0 = CPU)."),
 ) -> None:
     """Label texts with a teacher: docs carry its probabilities and logits.
 
     Streams the input (bounded memory) and writes the output under a temporary
     name, renamed when complete.
     """
-    _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress)
+    _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress,
+           ray, address, workers, cpus_per_worker, gpus_per_worker)
 
 
 @friendly_errors
-def _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress):
+def _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress,
+           ray=False, address=None, workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0):
     import spacy
 
     from .label import label_records
 
-    if batch_size < 1 or shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be >= 1")
+    if batch_size < 1 or shard_size < 1 or workers < 1:
+        raise InputError("--batch-size, --shard-size and --workers must be >= 1")
     if not Path(teacher).exists() and not spacy.util.is_package(teacher):
         raise InputError(f"{teacher}: no such pipeline directory or installed package")
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or directory")
-    if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
-    nlp = spacy.load(teacher)
     records: Iterator[Record] = iter(read_records(input_path))
     total = count_records(input_path)
     if limit:
         records = itertools.islice(records, limit)
         total = min(total, limit) if total is not None else limit
-    stats = label_records(
-        nlp, records, output_path, batch_size=batch_size, shard_size=shard_size,
-        component=component, total=total, progress=progress,
-    )
+    if ray:
+        try:
+            from .ray_label import label_on_ray
+        except ImportError as err:
+            raise InputError(f"--ray needs Ray: pip install 'spacy-distill[ray]' ({err})") from None
+        stats = label_on_ray(
+            teacher, records, output_path, address=address, num_workers=workers,
+            num_cpus_per_worker=cpus_per_worker, num_gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size, shard_size=shard_size, chunk_size=256, total=total,
+            progress=progress, component=component,
+        )
+    else:
+        if gpu_id >= 0:
+            spacy.require_gpu(gpu_id)
+        nlp = spacy.load(teacher)
+        stats = label_records(
+            nlp, records, output_path, batch_size=batch_size, shard_size=shard_size,
+            component=component, total=total, progress=progress,
+        )
     rate = stats.n_tokens / stats.seconds if stats.seconds else 0.0
     typer.echo(
         f"label: {stats.n_docs} docs in {stats.n_shards} file(s) -> {output_path} "

@@ -109,6 +109,13 @@ def serve(
     access_log: bool = typer.Option(
         False, "--access-log/--no-access-log", help="Log every request."
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Serve on a Ray cluster with Ray Serve (needs spacy-distill[ray]); see docs/ray.md."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="With --ray: the cluster address (e.g. 10.0.0.1:6379); default: start or join a local Ray."
+    ),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: number of replicas."),
 ) -> None:
     """Serve spaCy text classifiers over HTTP (classify, encode, status, metrics, demo page)."""
     from .settings import ServeSettings
@@ -142,8 +149,16 @@ def serve(
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s"
     )
-    # A later ``--ray`` flag would branch here and wrap the same create_app()
-    # output with ray.serve.ingress instead of running uvicorn.
+    if ray:
+        try:
+            from ..ray_serving import serve_on_ray
+        except ImportError as err:
+            raise _fail(f"--ray needs Ray Serve: pip install 'spacy-distill[ray]' ({err})") from None
+        # The same FastAPI app (routes, schemas, limits, auth) behind Ray Serve.
+        serve_on_ray(
+            model_map, settings, address=address, replicas=replicas, host=host, port=port, blocking=True
+        )
+        return
     run_uvicorn(model_map, settings, log_level=log_level, access_log=access_log)
 
 
