@@ -212,8 +212,9 @@ def test_every_tensor_mapped_with_shape(image):
 def test_converted_folder(converted, image):
     from safetensors import safe_open
 
-    path, seconds = converted
-    assert seconds < 60
+    # Conversion time is reported by docs/teacher.md, not asserted: timings are
+    # for benchmarks, and CI machines are noisy.
+    path, _seconds = converted
     for name in ce.OUTPUT_FILES:
         assert (path / name).is_file(), name
     config = json.loads((path / "config.json").read_text())
