@@ -190,6 +190,7 @@ def label_command(
     workers: int = typer.Option(2, "--workers", help="With --ray: number of teacher workers (actors)."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs reserved per worker."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="With --ray: GPUs per worker (0 = CPU)."),
+    calibration_path: Optional[Path] = typer.Option(None, "--calibration", help="A JSON from `spacy-distill calibrate`: scale and bias applied to the teacher's logits."),
 ) -> None:
     """Label texts with a teacher: docs carry its probabilities and logits.
 
@@ -197,15 +198,25 @@ def label_command(
     name, renamed when complete.
     """
     _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress,
-           ray, address, workers, cpus_per_worker, gpus_per_worker)
+           ray, address, workers, cpus_per_worker, gpus_per_worker, calibration_path)
 
 
 @friendly_errors
 def _label(teacher, input_path, output_path, batch_size, shard_size, limit, component, gpu_id, progress,
-           ray=False, address=None, workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0):
+           ray=False, address=None, workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0, calibration_path=None):
     import spacy
+    import srsly
 
-    from .label import label_records
+    from .label import Calibration, label_records
+
+    calibration = None
+    if calibration_path is not None:
+        if not calibration_path.exists():
+            raise InputError(f"{calibration_path}: no such calibration file")
+        try:
+            calibration = Calibration.from_dict(srsly.read_json(calibration_path))
+        except ValueError as e:
+            raise InputError(f"{calibration_path}: {e}") from None
 
     if batch_size < 1 or shard_size < 1 or workers < 1:
         raise InputError("--batch-size, --shard-size and --workers must be >= 1")
@@ -227,7 +238,7 @@ def _label(teacher, input_path, output_path, batch_size, shard_size, limit, comp
             teacher, records, output_path, address=address, num_workers=workers,
             num_cpus_per_worker=cpus_per_worker, num_gpus_per_worker=gpus_per_worker,
             batch_size=batch_size, shard_size=shard_size, chunk_size=256, total=total,
-            progress=progress, component=component,
+            progress=progress, component=component, calibration=calibration,
         )
     else:
         if gpu_id >= 0:
@@ -235,12 +246,60 @@ def _label(teacher, input_path, output_path, batch_size, shard_size, limit, comp
         nlp = spacy.load(teacher)
         stats = label_records(
             nlp, records, output_path, batch_size=batch_size, shard_size=shard_size,
-            component=component, total=total, progress=progress,
+            component=component, total=total, progress=progress, calibration=calibration,
         )
     rate = stats.n_tokens / stats.seconds if stats.seconds else 0.0
     typer.echo(
         f"label: {stats.n_docs} docs in {stats.n_shards} file(s) -> {output_path} "
         f"({stats.seconds:.1f}s, {rate:.0f} tokens/s)",
+        err=True,
+    )
+
+
+def calibrate_command(
+    teacher: str = typer.Argument(..., help="Teacher pipeline: a path or package name, with a textcat."),
+    gold_path: Path = typer.Argument(..., help="Gold-labelled docs: a .spacy DocBin (or directory) or JSONL with 'cats'."),
+    output_path: Path = typer.Argument(..., help="Output JSON: scale and per-label bias, with before/after NLL and accuracy."),
+    limit: int = typer.Option(0, "--limit", help="Use only the first N gold docs (0 = all)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Texts per teacher batch."),
+    component: Optional[str] = typer.Option(None, "--component", help="Name of the teacher's text classifier."),
+    fit_bias: bool = typer.Option(False, "--bias/--no-bias", help="Also fit a bias per label (Platt scaling; can change the teacher's decisions). Default: scale only (temperature scaling)."),
+) -> None:
+    """Fit the teacher's calibration (a scale, optionally a bias per label) on gold docs.
+
+    Pass the output to `spacy-distill label --calibration`: a teacher trained for
+    few steps ranks well but its probabilities stay near uniform, which makes
+    flat soft targets.
+    """
+    _calibrate(teacher, gold_path, output_path, limit, batch_size, component, fit_bias)
+
+
+@friendly_errors
+def _calibrate(teacher, gold_path, output_path, limit, batch_size, component, fit_bias):
+    import spacy
+    import srsly
+    from spacy.tokens import Doc
+
+    from .label import calibrate_teacher
+
+    if not Path(teacher).exists() and not spacy.util.is_package(teacher):
+        raise InputError(f"{teacher}: no such pipeline directory or installed package")
+    nlp = spacy.load(teacher)
+    records = read_records(gold_path)
+    if limit:
+        records = itertools.islice(records, limit)
+    docs = []
+    for rec in records:
+        doc = nlp.make_doc(rec.text)
+        doc.cats = rec.cats
+        docs.append(doc)
+    calibration = calibrate_teacher(nlp, (d for d in docs if isinstance(d, Doc)), component=component, batch_size=batch_size, fit_bias=fit_bias)
+    with atomic_path(output_path) as tmp:
+        srsly.write_json(tmp, calibration.to_dict())
+    r = calibration.report
+    typer.echo(
+        f"calibrate: scale {calibration.scale:.3f}, bias {calibration.bias}; on {r['n_docs']} docs "
+        f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, accuracy {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}",
         err=True,
     )
 
@@ -252,3 +311,4 @@ def register(app: typer.Typer) -> None:
     """
     app.command("augment", context_settings=_EXTRA)(augment_command)
     app.command("label")(label_command)
+    app.command("calibrate")(calibrate_command)

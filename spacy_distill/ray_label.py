@@ -41,7 +41,7 @@ import spacy
 from spacy.tokens import Doc
 
 from .io import Record
-from .label import LabelStats, Scores, _batches, make_scorer, write_labelled
+from .label import Calibration, LabelStats, Scores, _batches, make_scorer, write_labelled
 from .ray_cluster import connect
 
 logger = logging.getLogger("spacy_distill.ray")
@@ -84,6 +84,7 @@ class TeacherActor:
     component (Optional[str]): Name of the teacher's text classifier.
     batch_size (int): ``nlp.pipe`` batch size.
     use_gpu (bool): Run the teacher on the GPU Ray assigned to this actor.
+    calibration (Optional[Dict[str, Any]]): A ``Calibration.to_dict()`` to apply.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class TeacherActor:
         component: Optional[str],
         batch_size: int,
         use_gpu: bool = False,
+        calibration: Optional[Dict[str, Any]] = None,
     ) -> None:
         if use_gpu:
             # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, which is then device 0.
@@ -103,7 +105,8 @@ class TeacherActor:
         else:
             source = teacher
         self.nlp = spacy.load(source)
-        self._score = make_scorer(self.nlp, component, batch_size)
+        calib = Calibration.from_dict(calibration) if calibration is not None else None
+        self._score = make_scorer(self.nlp, component, batch_size, calib)
 
     def info(self) -> Dict[str, Any]:
         """Where this actor runs.
@@ -187,6 +190,7 @@ def label_on_ray(
     max_chunks_in_flight: Optional[int] = None,
     ship_teacher: Optional[bool] = None,
     max_retries: int = 3,
+    calibration: Optional[Calibration] = None,
 ) -> LabelStats:
     """Label a stream of records with a teacher on a Ray cluster.
 
@@ -212,6 +216,7 @@ def label_on_ray(
     ship_teacher (Optional[bool]): Send a teacher directory to the actors via
         the object store; default: yes if ``teacher`` is a local directory.
     max_retries (int): Restarts of a dead actor, and retries of its chunk.
+    calibration (Optional[Calibration]): Applied to the teacher logits (as locally).
     RETURNS (LabelStats): Counts and timing (teacher loading on the actors included).
     """
     if num_workers < 1:
@@ -241,7 +246,11 @@ def label_on_ray(
         }
         actors = [
             TeacherActor.options(**options).remote(
-                source, component, batch_size, num_gpus_per_worker > 0
+                source,
+                component,
+                batch_size,
+                num_gpus_per_worker > 0,
+                calibration.to_dict() if calibration is not None else None,
             )
             for _ in range(num_workers)
         ]

@@ -154,3 +154,73 @@ def test_cli_label_teacher_without_textcat(tmp_path):
 )
 def test_probs_to_logits(probs, exclusive, expected):
     assert probs_to_logits(probs, exclusive) == pytest.approx(expected, abs=1e-6)
+
+
+def test_fit_calibration_recovers_a_temperature():
+    # Gold drawn from softmax(3 · z): the raw logits z are under-confident by a
+    # factor of 3, which temperature scaling recovers; decisions are unchanged.
+    import numpy
+
+    from spacy_distill.label import Calibration, fit_calibration
+
+    rng = numpy.random.default_rng(0)
+    logits, gold = [], []
+    for _ in range(4000):
+        d = rng.normal(scale=1.0)
+        p_pos = 1 / (1 + math.exp(-3 * d))
+        y = float(rng.random() < p_pos)
+        logits.append({"POSITIVE": d / 2, "NEGATIVE": -d / 2})
+        gold.append({"POSITIVE": y, "NEGATIVE": 1 - y})
+    cal = fit_calibration(logits, gold, True)
+    assert cal.scale == pytest.approx(3.0, rel=0.1)
+    assert cal.bias == {"NEGATIVE": 0.0, "POSITIVE": 0.0}
+    assert cal.report["nll_after"] < cal.report["nll_before"]
+    assert cal.report["accuracy_after"] == cal.report["accuracy_before"]
+    probs, z = cal.apply({"POSITIVE": 0.5, "NEGATIVE": -0.5})
+    assert probs["POSITIVE"] == pytest.approx(1 / (1 + math.exp(-cal.scale)), abs=1e-6)
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    with_bias = fit_calibration(logits, gold, True, fit_bias=True)
+    assert abs(with_bias.bias["POSITIVE"]) < 0.1  # the data has no offset to find
+
+
+def test_calibration_file_errors(tmp_path):
+    from spacy_distill.label import Calibration
+
+    with pytest.raises(ValueError, match="not a calibration file"):
+        Calibration.from_dict({"scale": 1.0})
+
+
+def test_cli_calibrate_then_label(teacher, tmp_path):
+    _, path, _ = teacher
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(
+        "\n".join(
+            json.dumps({"text": t, "cats": {"POSITIVE": float(y == "POSITIVE"), "NEGATIVE": float(y == "NEGATIVE")}})
+            for t, y in TRAIN
+        )
+    )
+    runner = CliRunner()
+    r = runner.invoke(app, ["calibrate", str(path), str(gold), str(tmp_path / "cal.json")])
+    assert r.exit_code == 0, r.output
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["scale"] > 0 and cal["report"]["n_docs"] == len(TRAIN)
+    assert cal["report"]["nll_after"] <= cal["report"]["nll_before"] + 1e-9
+    r = runner.invoke(
+        app,
+        ["label", str(path), str(gold), str(tmp_path / "out.spacy"), "--calibration", str(tmp_path / "cal.json"), "--no-progress"],
+    )
+    assert r.exit_code == 0, r.output
+    nlp = spacy.load(path)
+    docs = list(DocBin().from_disk(tmp_path / "out.spacy").get_docs(nlp.vocab))
+    for doc, raw in zip(docs, nlp.pipe([t for t, _ in TRAIN])):
+        logits = get_teacher_logits(doc)
+        raw_log = {k: math.log(v) for k, v in raw.cats.items()}
+        # Calibrated logits are the raw log-probabilities times the scale.
+        assert logits["POSITIVE"] - logits["NEGATIVE"] == pytest.approx(
+            cal["scale"] * (raw_log["POSITIVE"] - raw_log["NEGATIVE"]), abs=1e-4
+        )
+        assert sum(get_teacher_probs(doc).values()) == pytest.approx(1.0, abs=1e-6)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = runner.invoke(app, ["label", str(path), str(gold), str(tmp_path / "o2.spacy"), "--calibration", str(bad)])
+    assert r.exit_code == 1 and "not a calibration file" in r.output
