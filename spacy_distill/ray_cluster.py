@@ -162,29 +162,40 @@ class LocalRayCluster:
         self.n_workers = n_workers
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="ray-sd-", dir="/tmp")
         self.netns = netns
-        self.port = free_port()
+        # Every port handed out, so no two components get the same one: a port
+        # closed a moment ago can come back from the next bind(0) (seen in CI:
+        # the GCS and a dashboard agent were given the same port).
+        self._ports: Set[int] = set()
+        self.port = self._port()
         self.address = f"127.0.0.1:{self.port}"
         self.log: List[str] = []
         self._own_netns = netns is not None and netns != _netns_inode("1")
+
+    def _port(self) -> int:
+        while True:
+            port = free_port()
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
 
     def _node_ports(self, head: bool) -> List[str]:
         # Two raylets on one host must not share any port: give each its own.
         args = [
             "--node-manager-port",
-            str(free_port()),
+            str(self._port()),
             "--object-manager-port",
-            str(free_port()),
+            str(self._port()),
             "--dashboard-agent-listen-port",
-            str(free_port()),
+            str(self._port()),
             "--dashboard-agent-grpc-port",
-            str(free_port()),
+            str(self._port()),
             "--runtime-env-agent-port",
-            str(free_port()),
+            str(self._port()),
             "--metrics-export-port",
-            str(free_port()),
+            str(self._port()),
         ]
         if head:
-            args += ["--ray-client-server-port", str(free_port())]
+            args += ["--ray-client-server-port", str(self._port())]
         return args
 
     def _ray_start(self, args: List[str], timeout: float) -> None:
