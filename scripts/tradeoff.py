@@ -1,8 +1,9 @@
-"""Student embedding width / hash-rows trade-off: test macro-F, size and speed.
+"""Student embedding width / hash-rows / n-gram trade-off: test macro-F, size and speed.
 
 Each variant overrides the student config's embedding width (the BiLSTM keeps the
-embedding width) and scales its hash-embedding rows, trains on the labelled corpus
-and is scored and timed on the test split.
+embedding width), scales its hash-embedding rows and sets the length of its
+bag-of-n-grams table (0 = no n-gram model: the BiLSTM alone), trains on the
+labelled corpus and is scored and timed on the test split.
 """
 
 import random
@@ -43,9 +44,16 @@ def main(
     langs = split_langs(settings["langs"])
     widths = [int(w) for w in settings["widths"]]
     scales = [float(s) for s in settings["row_scales"]]
-    if len(widths) != len(scales):
-        raise typer.BadParameter(f"{config}: [tradeoff] widths and row_scales differ in length")
-    base_rows = list(load_config(student_config)["components"]["textcat"]["model"]["embed"]["rows"])
+    bow_lengths = [int(n) for n in settings["bow_lengths"]]
+    if not len(widths) == len(scales) == len(bow_lengths):
+        raise typer.BadParameter(f"{config}: [tradeoff] widths, row_scales and bow_lengths differ in length")
+    model_cfg = load_config(student_config)["components"]["textcat"]["model"]
+    if any(bow_lengths) and not model_cfg.get("bow"):
+        raise typer.BadParameter(
+            f"{student_config}: [components.textcat.model] has no bow section, but [tradeoff] bow_lengths "
+            f"asks for n-gram models ({bow_lengths}); use spacy-distill.BiLSTMTextCat.v2 with a bow block"
+        )
+    base_rows = list(model_cfg["embed"]["rows"])
     texts, gold = read_test(test_path, langs)
     rng = random.Random(f"{settings['seed']}:speed")
     speed_texts: List[str] = []
@@ -53,9 +61,9 @@ def main(
         idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
         speed_texts.extend(texts[i] for i in rng.sample(idx, min(int(settings["n_speed"]), len(idx))))
     rows: List[Dict[str, Any]] = []
-    for width, scale in zip(widths, scales):
+    for width, scale, bow_length in zip(widths, scales, bow_lengths):
         emb_rows = [max(16, int(r * scale)) for r in base_rows]
-        name = f"w{width}-r{scale:g}"
+        name = f"w{width}-r{scale:g}-bow{bow_length}"
         overrides: Dict[str, Any] = {
             "paths.train": str(labelled),
             "paths.dev": str(dev_path),
@@ -63,6 +71,10 @@ def main(
             "components.textcat.model.embed.width": width,
             "components.textcat.model.embed.rows": emb_rows,
         }
+        if bow_length:
+            overrides["components.textcat.model.bow.length"] = bow_length
+        elif model_cfg.get("bow"):
+            overrides["components.textcat.model.bow"] = None
         if int(settings["max_steps"]):
             overrides["training.max_steps"] = int(settings["max_steps"])
         model_dir = work_dir / name
@@ -70,17 +82,17 @@ def main(
         nlp = spacy.load(model_dir / "model-best")
         scores = evaluate_system(nlp, texts, gold, langs, 256)
         speed = time_system(nlp, speed_texts, 64, 16, 3.0)
-        rows.append({"name": name, "width": width, "rows": emb_rows, "size_bytes": dir_size(model_dir / "model-best"), "speed": speed, **scores})
+        rows.append({"name": name, "width": width, "rows": emb_rows, "bow_length": bow_length, "size_bytes": dir_size(model_dir / "model-best"), "speed": speed, **scores})
         typer.echo(f"{name}: macro-F {scores['mean']['macro_f']:.1f}, {speed['batch']['tokens_per_s']:,.0f} tokens/s")
     write_json(output_prefix.with_suffix(".json"), {"langs": langs, "settings": settings, "variants": rows})
     lines = [
-        "| variant | width | hash rows | size (MB) | tokens/s (batch) | mean macro-F | " + " | ".join(langs) + " |",
-        "|---|---:|---|---:|---:|---:|" + "---:|" * len(langs),
+        "| variant | width | hash rows | n-gram rows | size (MB) | tokens/s (batch) | mean macro-F | " + " | ".join(langs) + " |",
+        "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(langs),
     ]
     for r in rows:
         cells = [f"{r['per_lang'][lg]['macro_f']:.1f}" for lg in langs]
         lines.append(
-            f"| {r['name']} | {r['width']} | {r['rows']} | {r['size_bytes'] / 1e6:.2f} | {r['speed']['batch']['tokens_per_s']:,.0f} | "
+            f"| {r['name']} | {r['width']} | {r['rows']} | {r['bow_length'] or '-'} | {r['size_bytes'] / 1e6:.2f} | {r['speed']['batch']['tokens_per_s']:,.0f} | "
             f"**{r['mean']['macro_f']:.1f}** | " + " | ".join(cells) + " |"
         )
     write_text(output_prefix.with_suffix(".md"), "\n".join(lines) + "\n")

@@ -222,7 +222,11 @@ class DistillTextCategorizer(TextCategorizer):
         if not docs:
             return model.ops.alloc2f(0, len(self.labels)), []
         hidden = model.get_ref("encoder").predict(docs)
-        return self._activate(model.get_ref("head").predict(hidden)), hidden
+        logits = model.get_ref("head").predict(hidden)
+        if model.has_ref("bow"):
+            # BiLSTMTextCat.v2: the logits are BiLSTM + bag-of-n-grams.
+            logits = logits + model.get_ref("bow").predict(docs)
+        return self._activate(logits), hidden
 
     def _annotate(self, docs: List[Doc]) -> None:
         scores, hidden = self._predict_with_tensors(docs)

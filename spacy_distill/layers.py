@@ -1,7 +1,8 @@
-"""Thinc layers the stock library lacks: empty-safe pooling and an empty-batch guard."""
+"""Thinc layers the stock library lacks: empty-safe pooling and empty-input guards."""
 
 from typing import Callable, List, Optional, Tuple, cast
 
+from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 from thinc.types import Floats2d, Ints1d
@@ -140,3 +141,75 @@ def nonempty_forward(
         return [model.ops.alloc2f(0, nI) for _ in dYs]
 
     return Ys, backprop
+
+
+def output_width(model: Model) -> int:
+    """The output width of a layer chain, from the last layer that knows it.
+
+    Stock chains such as MultiHashEmbed only set nO on their inner layers until
+    initialization, and wrappers such as ``with_cpu`` never set it.
+
+    model (Model): The layer.
+    RETURNS (int): Its output width.
+    """
+    if model.has_dim("nO") is True:
+        return model.get_dim("nO")
+    for layer in reversed(model.layers):
+        try:
+            return output_width(layer)
+        except ValueError:
+            continue
+    raise ValueError(f"Cannot tell the output width of the embedding layer {model.name!r}")
+
+
+def with_nonempty_docs(layer: Model[List[Doc], Floats2d]) -> Model[List[Doc], Floats2d]:
+    """Run a docs → rows layer on the non-empty docs only; empty docs get zero rows.
+
+    spaCy's ``extract_ngrams`` (inside the stock ``TextCatBOW``) fails on a
+    zero-token doc when n-grams of size > 1 are extracted, so a batch with an
+    empty review would crash; here such docs contribute zero logits instead.
+
+    layer (Model[List[Doc], Floats2d]): The wrapped layer.
+    RETURNS (Model[List[Doc], Floats2d]): The guarded layer.
+    """
+    return Model(
+        f"nonempty_docs({layer.name})",
+        nonempty_docs_forward,
+        init=nonempty_docs_init,
+        layers=[layer],
+        dims={"nO": layer.maybe_get_dim("nO")},
+    )
+
+
+def nonempty_docs_init(model: Model, X: Optional[List[Doc]] = None, Y: Optional[Floats2d] = None) -> None:
+    """Initialize the wrapped layer on the non-empty sample docs and copy its nO."""
+    layer = model.layers[0]
+    if X is not None:
+        keep = [i for i, doc in enumerate(X) if len(doc)]
+        X = [X[i] for i in keep] or None
+        if Y is not None:
+            Y = Y[keep] if X is not None else None
+    layer.initialize(X=X, Y=Y)
+    model.set_dim("nO", output_width(layer))
+
+
+def nonempty_docs_forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    """Scatter the layer's rows for the non-empty docs into a zero matrix."""
+    layer = model.layers[0]
+    Y = model.ops.alloc2f(len(docs), model.get_dim("nO"))
+    keep = [i for i, doc in enumerate(docs) if len(doc)]
+    if not keep:
+        return Y, lambda dY: []
+    if len(keep) == len(docs):
+        return layer(docs, is_train)
+    rows = model.ops.asarray1i(keep)
+    Y_keep, backprop_keep = layer([docs[i] for i in keep], is_train)
+    Y[rows] = Y_keep
+
+    def backprop(dY: Floats2d) -> List[Doc]:
+        backprop_keep(model.ops.as_contig(dY[rows]))
+        return []
+
+    return Y, backprop

@@ -8,27 +8,38 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 from spacy.training import Example
+from spacy.util import registry
 
 from spacy_distill.component import DistillTextCategorizer
+from spacy_distill.layers import with_nonempty_docs
 from spacy_distill.teacher_scores import get_teacher_logits, set_teacher_scores
 
-from .util import LABELS, SOFT_DATA, STUDENT_CONFIG, blank_xx, soft_examples, train
+from .util import (
+    LABELS,
+    SOFT_DATA,
+    STUDENT_BOW_CONFIG,
+    STUDENT_CONFIG,
+    blank_xx,
+    soft_examples,
+    train,
+)
 
 # Overfitting tolerance: after 100 updates on 12 docs the student's P(POSITIVE)
 # must be within this distance of the teacher's for every doc.
 OVERFIT_TOL = 0.05
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=["bilstm", "bilstm+bow"])
+def trained(request):
+    config = STUDENT_CONFIG if request.param == "bilstm" else STUDENT_BOW_CONFIG
     nlp = blank_xx()
-    nlp.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    nlp.add_pipe("distill_textcat", config=config)
     losses = train(nlp, soft_examples(nlp), n_iter=100)
-    return nlp, losses
+    return nlp, losses, config
 
 
 def test_overfits_teacher_soft_targets_and_round_trips(trained, tmp_path):
-    nlp, losses = trained
+    nlp, losses, config = trained
     assert losses["distill_textcat"] < 0.01
     for text, p in SOFT_DATA:
         assert nlp(text).cats["POSITIVE"] == pytest.approx(p, abs=OVERFIT_TOL), text
@@ -37,7 +48,7 @@ def test_overfits_teacher_soft_targets_and_round_trips(trained, tmp_path):
     for text, _ in SOFT_DATA:
         assert nlp2(text).cats == pytest.approx(nlp(text).cats, abs=1e-6)
     nlp3 = blank_xx()
-    nlp3.add_pipe("distill_textcat", config=STUDENT_CONFIG)
+    nlp3.add_pipe("distill_textcat", config=config)
     nlp3.get_pipe("distill_textcat").from_bytes(nlp.get_pipe("distill_textcat").to_bytes())
     assert nlp3(SOFT_DATA[0][0]).cats == pytest.approx(nlp(SOFT_DATA[0][0]).cats, abs=1e-6)
 
@@ -51,7 +62,7 @@ def test_learns_from_probabilities_only():
 
 
 def test_pipe_equals_call_and_handles_empty_docs(trained):
-    nlp, _ = trained
+    nlp, _, _ = trained
     texts = [t for t, _ in SOFT_DATA] + ["", "   "]
     piped = list(nlp.pipe(texts, batch_size=5))
     for text, doc in zip(texts, piped):
@@ -63,7 +74,7 @@ def test_pipe_equals_call_and_handles_empty_docs(trained):
 
 
 def test_token_vectors_are_stored_as_doc_tensor(trained):
-    nlp, _ = trained
+    nlp, _, _ = trained
     texts = [SOFT_DATA[0][0], "", SOFT_DATA[-1][0]]
     for doc, alone in zip(nlp.pipe(texts), (nlp(t) for t in texts)):
         assert doc.tensor.shape == (len(doc), 32)
@@ -76,7 +87,7 @@ def test_token_vectors_are_stored_as_doc_tensor(trained):
 
 
 def test_update_on_only_empty_docs_is_a_no_op(trained):
-    nlp, _ = trained
+    nlp, _, _ = trained
     eg = Example(nlp.make_doc(""), nlp.make_doc(""))
     set_teacher_scores(eg.reference, {"POSITIVE": 0.5, "NEGATIVE": 0.5})
     losses = nlp.update([eg, eg])
@@ -103,14 +114,14 @@ def test_gold_cats_and_teacher_scores_mix():
 
 
 def test_doc_without_targets_is_an_error_naming_it(trained):
-    nlp, _ = trained
+    nlp, _, _ = trained
     bare = Example(nlp.make_doc("no labels here"), nlp.make_doc("no labels here"))
     with pytest.raises(ValueError, match=r"Doc 1 of the batch has neither teacher scores nor gold cats.*no labels here"):
         nlp.update(soft_examples(nlp, SOFT_DATA[:1]) + [bare])
 
 
 def test_soft_gold_cats_are_rejected(trained):
-    nlp, _ = trained
+    nlp, _, _ = trained
     ref = nlp.make_doc("soft gold")
     ref.cats = {"POSITIVE": 0.7, "NEGATIVE": 0.3}
     with pytest.raises(ValueError, match="gold cats must be 0 or 1"):
@@ -199,6 +210,7 @@ def test_entry_points_load_everything_without_importing_the_package():
     nlp.add_pipe("distill_textcat")
     for reg, name in [
         ("architectures", "spacy-distill.BiLSTMTextCat.v1"),
+        ("architectures", "spacy-distill.BiLSTMTextCat.v2"),
         ("layers", "spacy-distill.MeanMaxPool.v1"),
         ("losses", "spacy-distill.LogitMSE.v1"),
         ("losses", "spacy-distill.SoftCrossEntropy.v1"),
@@ -217,7 +229,7 @@ def test_entry_points_load_everything_without_importing_the_package():
 
 
 def test_student_loads_and_predicts_without_torch(trained, tmp_path):
-    nlp, _ = trained
+    nlp, _, _ = trained
     nlp.to_disk(tmp_path / "student")
     expected = nlp(SOFT_DATA[0][0]).cats["POSITIVE"]
     code = f"""
@@ -252,3 +264,25 @@ def test_student_loads_and_predicts_without_torch(trained, tmp_path):
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_nonempty_docs_guard_scatters_rows_and_gradients():
+    # The stock bag-of-n-grams model fails on a zero-token doc (bigrams of an
+    # empty array); the guard gives such docs zero logits and no gradient.
+    nlp = blank_xx()
+    bow = registry.resolve({"m": {"@architectures": "spacy.TextCatBOW.v3", "exclusive_classes": True,
+                                  "ngram_size": 2, "no_output_layer": True, "length": 1024, "nO": 2}})["m"]
+    model = with_nonempty_docs(bow)
+    docs = [nlp.make_doc(SOFT_DATA[0][0]), nlp.make_doc(""), nlp.make_doc(SOFT_DATA[9][0])]
+    model.initialize(X=docs, Y=model.ops.alloc2f(3, 2))
+    sparse = [n for n in model.walk() if n.name == "sparse_linear"][0]
+    sparse.set_param("W", numpy.random.default_rng(0).normal(size=sparse.get_param("W").shape).astype("f"))
+    Y, backprop = model.begin_update(docs)
+    numpy.testing.assert_allclose(Y[[0, 2]], bow.predict([docs[0], docs[2]]), atol=1e-6)
+    assert Y[1].tolist() == [0.0, 0.0]
+    dY = numpy.asarray([[1.0, -1.0], [5.0, 5.0], [0.5, 0.5]], dtype="f")
+    backprop(dY)
+    grad_b = sparse.get_grad("b")
+    # Only the non-empty docs' rows reach the bias gradient.
+    numpy.testing.assert_allclose(grad_b, [1.5, -0.5], atol=1e-6)
+    assert model.predict([nlp.make_doc(""), nlp.make_doc("")]).tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -31,6 +31,28 @@ STUDENT_CONFIG = {
     "model": {"embed": {"width": 32, "rows": [1000, 500, 500, 500]}},
 }
 
+# BiLSTMTextCat.v2: the same BiLSTM plus the stock bag-of-n-grams model's logits.
+STUDENT_BOW_CONFIG = {
+    "model": {
+        "@architectures": "spacy-distill.BiLSTMTextCat.v2",
+        "embed": {
+            "@architectures": "spacy.MultiHashEmbed.v2",
+            "width": 32,
+            "attrs": ["NORM", "PREFIX", "SUFFIX", "SHAPE"],
+            "rows": [1000, 500, 500, 500],
+            "include_static_vectors": False,
+        },
+        "bow": {
+            "@architectures": "spacy.TextCatBOW.v3",
+            "exclusive_classes": True,
+            "ngram_size": 2,
+            "no_output_layer": True,
+            "length": 4096,
+            "nO": None,
+        },
+    },
+}
+
 
 def blank_xx() -> Language:
     return spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
