@@ -40,12 +40,34 @@ def describe_teacher(teacher: str) -> str:
     return teacher
 
 
-def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str) -> str:
+def describe_architecture(model_cfg: Dict[str, Any]) -> str:
+    """The student architecture in words, from its [components.textcat.model] block.
+
+    model_cfg (Dict[str, Any]): The model block of the pipeline's config.
+    RETURNS (str): Markdown.
+    """
+    embed = model_cfg.get("embed", {})
+    attrs = ", ".join(embed.get("attrs", []))
+    text = (
+        f"hashed embeddings ({attrs}; width {embed.get('width')}) + BiLSTM + {model_cfg.get('pooling', 'meanmax')} "
+        "pooling"
+    )
+    bow = model_cfg.get("bow")
+    if bow:
+        text += (
+            f", plus a bag-of-{bow.get('ngram_size')}-grams sparse linear model ({bow.get('length'):,} rows) whose "
+            "logits are added"
+        )
+    return f"{text} (`{model_cfg.get('@architectures')}`)"
+
+
+def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str, architecture: str) -> str:
     """The README (model card) text.
 
     meta (Dict[str, Any]): The package meta.
     results (Dict[str, Any]): metrics/results.json.
     teacher_name (str): The teacher transformer's name or path.
+    architecture (str): The student architecture in words (describe_architecture).
     RETURNS (str): Markdown.
     """
     langs = results["langs"]
@@ -68,8 +90,7 @@ def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str) -> st
         "",
         "* Labels: `POSITIVE` (3-5 stars) / `NEGATIVE` (1-2 stars), exclusive (softmax).",
         f"* Languages: {', '.join(langs)} (one multilingual `xx` pipeline; every Han/Kana/Hangul character is a token).",
-        "* Architecture: hashed embeddings (NORM, PREFIX, SUFFIX, SHAPE) + BiLSTM + mean/max pooling "
-        "(`spacy-distill.BiLSTMTextCat.v1`), trained with `distill_textcat` on soft labels.",
+        f"* Architecture: {architecture}, trained with `distill_textcat` on soft labels.",
         f"* Teacher: `{teacher_name}` fine-tuned with spacy-transformers on the gold train split; it labelled "
         "augmented train reviews and unlabelled transfer reviews with probabilities and logits.",
         "",
@@ -196,7 +217,8 @@ def main(
         shutil.rmtree(tmp)
     shutil.copytree(model_dir, tmp)
     write_json(tmp / "meta.json", meta)
-    write_text(tmp / "README.md", card(meta, results, teacher))
+    model_cfg = spacy.util.load_config(model_dir / "config.cfg")["components"]["textcat"]["model"]
+    write_text(tmp / "README.md", card(meta, results, teacher, describe_architecture(model_cfg)))
     if check_docs is not None:
         docs = DocBin().from_disk(check_docs).get_docs(spacy.blank("xx").vocab)
         texts = [doc.text for _, doc in zip(range(300), docs)]

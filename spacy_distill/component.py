@@ -31,9 +31,12 @@ from thinc.types import Floats2d
 from .losses import DistillLoss, DistillTargets, sigmoid, softmax
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
+# The workflow's student (configs/student.cfg), chosen on the width / n-gram
+# trade-off in metrics/tradeoff.md: a width-32 BiLSTM plus the stock
+# bag-of-n-grams model, whose logits are summed.
 DEFAULT_DISTILL_MODEL_CONFIG = """
 [model]
-@architectures = "spacy-distill.BiLSTMTextCat.v1"
+@architectures = "spacy-distill.BiLSTMTextCat.v2"
 depth = 1
 dropout = 0.0
 pooling = "meanmax"
@@ -41,10 +44,18 @@ nO = null
 
 [model.embed]
 @architectures = "spacy.MultiHashEmbed.v2"
-width = 64
+width = 32
 attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
 rows = [5000, 2500, 2500, 2500]
 include_static_vectors = false
+
+[model.bow]
+@architectures = "spacy.TextCatBOW.v3"
+exclusive_classes = true
+ngram_size = 2
+no_output_layer = true
+length = 262144
+nO = null
 """
 DEFAULT_DISTILL_MODEL = Config().from_str(DEFAULT_DISTILL_MODEL_CONFIG)["model"]
 

@@ -193,6 +193,7 @@ def test_default_config_resolves_and_is_a_bilstm():
     assert tc.model.attrs["outputs"] == "logits"
     names = [layer.name for layer in tc.model.walk()]
     assert "lstm" in names and "meanmax_pool" in names
+    assert tc.model.has_ref("bow") and "sparse_linear" in names
     assert nlp.config["components"]["distill_textcat"]["loss"]["@losses"] == "spacy-distill.SoftCrossEntropy.v1"
 
 

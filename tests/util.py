@@ -27,8 +27,9 @@ SOFT_DATA: List[Tuple[str, float]] = [
 
 LABELS = ("NEGATIVE", "POSITIVE")
 
+# The BiLSTM alone (bow = None), as BiLSTMTextCat.v1.
 STUDENT_CONFIG = {
-    "model": {"embed": {"width": 32, "rows": [1000, 500, 500, 500]}},
+    "model": {"embed": {"width": 32, "rows": [1000, 500, 500, 500]}, "bow": None},
 }
 
 # BiLSTMTextCat.v2: the same BiLSTM plus the stock bag-of-n-grams model's logits.
