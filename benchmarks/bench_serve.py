@@ -194,7 +194,8 @@ def main(
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("SPACY_DISTILL_TOKEN", None)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    # The server runs in the caller's folder, so model paths relative to it work.
+    proc = subprocess.Popen(cmd, env=env)
     rows: List[Dict[str, Any]] = []
     try:
         _wait_ready(url, proc, startup_timeout)

@@ -32,7 +32,7 @@ from .losses import DistillLoss, DistillTargets, sigmoid, softmax
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
 # The workflow's student (configs/student.cfg), chosen on the width / n-gram
-# trade-off in metrics/tradeoff.md: a width-32 BiLSTM plus the stock
+# trade-off in metrics/tradeoff.md: a width-16 BiLSTM plus the stock
 # bag-of-n-grams model, whose logits are summed.
 DEFAULT_DISTILL_MODEL_CONFIG = """
 [model]
@@ -44,7 +44,7 @@ nO = null
 
 [model.embed]
 @architectures = "spacy.MultiHashEmbed.v2"
-width = 32
+width = 16
 attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
 rows = [5000, 2500, 2500, 2500]
 include_static_vectors = false

@@ -60,6 +60,13 @@ def test_corpus_sizes_and_taggers(smoke_project):
     assert all(0 <= t["seg_f"] <= 100 and 0 <= t["upos_acc"] <= 100 for t in taggers.values())
     labelled = smoke_project / "corpus" / "labelled"
     assert all(list((labelled / part).glob("*.spacy")) for part in ("gold", "augmented", "transfer"))
+    stats = json.loads((smoke_project / "metrics" / "label_stats.json").read_text(encoding="utf8"))
+    assert set(stats) == {"gold", "augmented", "transfer"}
+    assert stats["gold"]["all"]["n_docs"] == 40 * len(LANGS) and stats["transfer"]["all"]["n_docs"] == 10 * len(LANGS)
+    assert set(stats["gold"]) == set(LANGS) | {"all"}
+    gold = stats["gold"]["all"]
+    assert 0 <= gold["gold_accuracy"] <= 1 and "gold_accuracy" not in stats["transfer"]["all"]
+    assert sum(gold["argmax_share"].values()) == pytest.approx(1.0)
 
 
 def test_wheel_has_no_review_data(smoke_project):
