@@ -132,7 +132,7 @@ def make_distill_textcat(
     nlp (Language): The pipeline.
     name (str): The component's name.
     model (Model[List[Doc], Floats2d]): A model that outputs logits, e.g.
-        ``spacy-distill.BiLSTMTextCat.v1``.
+        ``spacy-distill.BiLSTMTextCat.v2`` (the default) or ``.v1``.
     loss (Loss): A distillation loss from ``spacy_distill.losses``.
     exclusive_classes (bool): One label per doc (softmax) or multi-label (sigmoid).
     threshold (float): Cut-off for a positive label in multi-label scoring.
