@@ -13,6 +13,7 @@ import check_package  # noqa: E402
 import eval_taggers  # noqa: E402
 import evaluate_systems  # noqa: E402
 import prepare_corpus  # noqa: E402
+import tradeoff  # noqa: E402
 import ud_to_docbin  # noqa: E402
 from prepare_corpus import BadRow, make_splits, read_reviews  # noqa: E402
 
@@ -195,3 +196,36 @@ def test_find_reviews_in_blob():
     windows = {review[mid : mid + check_package.WINDOW]}
     assert check_package.find_reviews("xx" + review + "yy", windows)
     assert not check_package.find_reviews('{"strings": ["Dieses", "Produkt"]}', windows)
+
+
+TRADEOFF_BASE = {
+    "paths.train": "corpus/labelled",
+    "paths.dev": "corpus/dev.spacy",
+    "system.seed": 0,
+    "components.textcat.model.embed.width": 32,
+    "components.textcat.model.embed.rows": [5000, 2500, 2500, 2500],
+}
+
+
+@pytest.mark.parametrize(
+    "changed,same",
+    [
+        ({}, True),
+        ({"components.textcat.model.embed.width": 16}, False),
+        ({"components.textcat.model.bow": None}, False),
+        ({"components.textcat.model.bow.length": 1024}, False),
+        ({"training.max_steps": 10}, False),
+        ({"paths.train": "elsewhere"}, False),
+    ],
+)
+def test_tradeoff_reuses_only_a_variant_trained_with_the_same_config(tmp_path, changed, same):
+    # --reuse must never pass off a model trained with other settings as a variant.
+    from spacy.util import load_config
+
+    student_cfg = SCRIPTS.parent / "configs" / "student.cfg"
+    model_best = tmp_path / "model-best"
+    model_best.mkdir()
+    assert not tradeoff._same_training(model_best, student_cfg, TRADEOFF_BASE)
+    load_config(student_cfg, overrides=TRADEOFF_BASE).to_disk(model_best / "config.cfg")
+    (model_best / "meta.json").write_text("{}", encoding="utf8")
+    assert tradeoff._same_training(model_best, student_cfg, {**TRADEOFF_BASE, **changed}) is same
