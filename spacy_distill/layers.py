@@ -159,7 +159,7 @@ def output_width(model: Model) -> int:
             return output_width(layer)
         except ValueError:
             continue
-    raise ValueError(f"Cannot tell the output width of the embedding layer {model.name!r}")
+    raise ValueError(f"Cannot tell the output width of the layer {model.name!r}")
 
 
 def with_nonempty_docs(layer: Model[List[Doc], Floats2d]) -> Model[List[Doc], Floats2d]:

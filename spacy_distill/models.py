@@ -5,7 +5,7 @@ Everything here is numpy/thinc: a pipeline using it loads and predicts without
 torch installed.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -37,9 +37,26 @@ def build_bilstm_textcat(
     nO (Optional[int]): Number of labels; inferred at initialization.
     RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
     """
-    encoder, head, output = _bilstm_parts(embed, depth, dropout, pooling, nO)
+    width = output_width(embed)
+    if width % 2:
+        raise ValueError(f"BiLSTMTextCat: the embedding width must be even (two directions), got {width}")
+    # thinc's LSTM with bi=True splits nO between the two directions, so the
+    # encoder keeps the embedding width.
+    lstm = LSTM(nO=width, nI=width, bi=True, depth=depth, dropout=dropout)
+    pool = MeanMaxPool(pooling)
+    pool.set_dim("nI", width)
+    pool.set_dim("nO", width * (2 if pooling == "meanmax" else 1))
+    output = Linear(nO=nO, nI=pool.get_dim("nO"))
+    encoder = chain(embed, with_nonempty(with_padded(lstm)))
+    head = chain(pool, output)
     model: Model[List[Doc], Floats2d] = chain(encoder, head)
-    _set_refs(model, encoder, head, embed, output)
+    # The component runs encoder and head separately at prediction time, to
+    # keep the BiLSTM's token vectors as doc.tensor (for /encode, similarity).
+    model.set_ref("encoder", encoder)
+    model.set_ref("head", head)
+    model.set_ref("embed", embed)
+    model.set_ref("output_layer", output)
+    model.attrs["outputs"] = "logits"
     if nO is not None:
         model.set_dim("nO", nO)
     return model
@@ -73,46 +90,19 @@ def build_bilstm_textcat_v2(
     nO (Optional[int]): Number of labels; inferred at initialization.
     RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
     """
+    bilstm = build_bilstm_textcat(embed, depth=depth, dropout=dropout, pooling=pooling, nO=nO)
     if bow is None:
-        return build_bilstm_textcat(embed, depth=depth, dropout=dropout, pooling=pooling, nO=nO)
-    encoder, head, output = _bilstm_parts(embed, depth, dropout, pooling, nO)
+        return bilstm
     if nO is not None:
         bow.set_dim("nO", nO)
     bow = with_nonempty_docs(bow)
-    model: Model[List[Doc], Floats2d] = add(chain(encoder, head), bow)
-    _set_refs(model, encoder, head, embed, output)
-    # The component adds the bow logits to head(encoder(docs)) when it keeps
-    # the encoder's token vectors (store_tensor).
+    model: Model[List[Doc], Floats2d] = add(bilstm, bow)
+    # Keep v1's refs (encoder, head, ...); the component adds the bow logits to
+    # head(encoder(docs)) when it keeps the encoder's token vectors (store_tensor).
+    for name in bilstm.ref_names:
+        model.set_ref(name, bilstm.get_ref(name))
     model.set_ref("bow", bow)
+    model.attrs["outputs"] = "logits"
     if nO is not None:
         model.set_dim("nO", nO)
     return model
-
-
-def _bilstm_parts(
-    embed: Model[List[Doc], List[Floats2d]], depth: int, dropout: float, pooling: str, nO: Optional[int]
-) -> Tuple[Model[List[Doc], List[Floats2d]], Model[List[Floats2d], Floats2d], Model[Floats2d, Floats2d]]:
-    """The encoder (embed → BiLSTM), the head (pool → linear) and its output layer."""
-    width = output_width(embed)
-    if width % 2:
-        raise ValueError(f"BiLSTMTextCat: the embedding width must be even (two directions), got {width}")
-    # thinc's LSTM with bi=True splits nO between the two directions, so the
-    # encoder keeps the embedding width.
-    lstm = LSTM(nO=width, nI=width, bi=True, depth=depth, dropout=dropout)
-    pool = MeanMaxPool(pooling)
-    pool.set_dim("nI", width)
-    pool.set_dim("nO", width * (2 if pooling == "meanmax" else 1))
-    output = Linear(nO=nO, nI=pool.get_dim("nO"))
-    encoder = chain(embed, with_nonempty(with_padded(lstm)))
-    head = chain(pool, output)
-    return encoder, head, output
-
-
-def _set_refs(model: Model, encoder: Model, head: Model, embed: Model, output: Model) -> None:
-    # The component runs encoder and head separately at prediction time, to
-    # keep the BiLSTM's token vectors as doc.tensor (for /encode, similarity).
-    model.set_ref("encoder", encoder)
-    model.set_ref("head", head)
-    model.set_ref("embed", embed)
-    model.set_ref("output_layer", output)
-    model.attrs["outputs"] = "logits"
