@@ -4,7 +4,17 @@ Importing the package registers its components, architectures, losses, tokenizer
 augmenter and reader (installed entry points do the same without the import).
 """
 
-from . import augment, component, layers, losses, models, readers, teacher_scores, tokenizer  # noqa: F401
+from . import (  # noqa: F401
+    augment,
+    char_ngrams,
+    component,
+    layers,
+    losses,
+    models,
+    readers,
+    teacher_scores,
+    tokenizer,
+)
 from .component import DistillTextCategorizer
 from .losses import DistillLoss, DistillTargets, LogitMSE, SoftCrossEntropy
 from .teacher_scores import get_teacher_logits, get_teacher_probs, set_teacher_scores

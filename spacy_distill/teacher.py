@@ -1,6 +1,7 @@
 """A transformer + textcat teacher pipeline config, for code that builds a teacher
 without a config file (tests, benchmarks, quick experiments). The project's
-teacher is trained from ``configs/teacher.cfg``."""
+fine-tuned teacher config is ``configs/teacher_finetune.cfg``; the default teacher
+is the frozen encoder of ``configs/teacher.cfg`` (``spacy_distill.encoder``)."""
 
 from spacy.util import load_config_from_str
 from thinc.api import Config

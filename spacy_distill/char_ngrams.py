@@ -1,0 +1,213 @@
+"""A hashed bag of character n-grams within word boundaries, as a sparse linear model.
+
+The stock ``spacy.TextCatBOW.v3`` sees whole tokens (and token n-grams), so a
+misspelling, an inflection or a compound ("Lieferung", "Lieferzeit") is a new,
+unseen feature. Character n-grams inside each word, padded with a space at
+either end (scikit-learn's ``analyzer="char_wb"``), share features between such
+words, and on Chinese and Japanese text (no spaces) they are the character
+n-grams of the whole run. It is the classic strong linear baseline for short
+review classification, and it costs almost nothing next to the BiLSTM: the
+n-grams of a word are computed once and cached.
+
+Everything here is numpy/thinc: a pipeline using it loads and predicts without
+torch installed.
+"""
+
+from functools import lru_cache, partial
+from typing import Callable, List, Optional, Tuple, cast
+
+import numpy
+from spacy.ml.models.textcat import resize_and_set_ref
+from spacy.strings import hash_string
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import (
+    Logistic,
+    Model,
+    SparseLinear_v2,
+    chain,
+    resizable,
+    softmax_activation,
+    with_cpu,
+)
+from thinc.layers.resizable import resize_linear_weighted
+from thinc.types import Floats1d, Floats2d, Ints1d
+
+# Words whose n-gram keys are kept (Zipf: a few thousand words make up most of
+# the text). Full, 2**18 words of 3-10 letters (1- to 4-grams) take ~106 MiB
+# (measured with tracemalloc); longer words take more.
+WORD_CACHE_SIZE = 2**18
+
+# As the stock TextCatBOW: a resized output layer's new class starts very
+# unlikely when an activation follows the sparse layer.
+NEG_VALUE = -5000
+
+
+def char_wb_ngrams(word: str, min_n: int, max_n: int) -> List[str]:
+    """The character n-grams of one word, padded with a space at either end.
+
+    The same n-grams, in the same order, as scikit-learn's
+    ``CountVectorizer(analyzer="char_wb")`` gives for one word: for each n from
+    min_n to max_n, every n-character slice of " word ". A padded word of at most
+    n characters gives one n-gram, the whole padded word (so it can be shorter
+    than min_n: " a " with min_n = 4), and no longer n-grams after it.
+
+    word (str): One word, without whitespace.
+    min_n (int): The smallest n-gram length.
+    max_n (int): The largest n-gram length.
+    RETURNS (List[str]): The n-grams, repeats included.
+    """
+    padded = f" {word} "
+    size = len(padded)
+    ngrams: List[str] = []
+    for n in range(min_n, max_n + 1):
+        if n >= size:
+            ngrams.append(padded)
+            break
+        ngrams.extend(padded[i : i + n] for i in range(size - n + 1))
+    return ngrams
+
+
+@lru_cache(maxsize=WORD_CACHE_SIZE)
+def _word_keys(word: str, min_n: int, max_n: int) -> bytes:
+    # The keys as the raw bytes of a uint64 array: a doc's keys are then one
+    # b"".join and one numpy.frombuffer, and a bytes object is smaller than an
+    # array in the cache. Module-level rather than in model.attrs, which are
+    # serialized with the model.
+    keys = [hash_string(ngram) for ngram in char_wb_ngrams(word, min_n, max_n)]
+    return numpy.asarray(keys, dtype=numpy.uint64).tobytes()
+
+
+def doc_char_ngram_keys(text: str, min_n: int, max_n: int, lowercase: bool = True) -> numpy.ndarray:
+    """The hashed character n-grams of a text, repeats included.
+
+    The text is split on whitespace (``str.split()``: any run of spaces, tabs,
+    newlines or other Unicode whitespace), and each word gives the n-grams of
+    ``char_wb_ngrams``. Each n-gram is hashed with ``spacy.strings.hash_string``
+    (64-bit MurmurHash2 of its UTF-8 bytes, the hash of spaCy's StringStore).
+
+    text (str): The text.
+    min_n (int): The smallest n-gram length.
+    max_n (int): The largest n-gram length.
+    lowercase (bool): Lowercase the text first.
+    RETURNS (numpy.ndarray): The uint64 keys, in text order.
+    """
+    if lowercase:
+        text = text.lower()
+    joined = b"".join([_word_keys(word, min_n, max_n) for word in text.split()])
+    return numpy.frombuffer(joined, dtype=numpy.uint64)
+
+
+@registry.layers("spacy-distill.extract_char_ngrams.v1")
+def extract_char_ngrams(
+    min_n: int = 1, max_n: int = 4, lowercase: bool = True
+) -> Model[List[Doc], Tuple[Ints1d, Floats1d, Ints1d]]:
+    """Extract each doc's hashed character n-grams within word boundaries.
+
+    The output is the (keys, values, lengths) triple of spaCy's
+    ``extract_ngrams``, for a sparse linear layer: each doc's distinct n-gram
+    keys (uint64), their values, and the number of keys per doc (int32), over
+    the batch. The n-grams are those of scikit-learn's ``analyzer="char_wb"``
+    over ``doc.text`` (see ``char_wb_ngrams``), and a doc's values are the
+    sublinear counts 1 + log(count), L2-normalized per doc: a long review
+    does not get larger logits than a short one, and a repeated word counts
+    less than a new one. A doc with no characters but whitespace gets no keys
+    (length 0).
+
+    min_n (int): The smallest n-gram length, at least 1.
+    max_n (int): The largest n-gram length, at least min_n.
+    lowercase (bool): Lowercase the text first.
+    RETURNS (Model[List[Doc], Tuple[Ints1d, Floats1d, Ints1d]]): The layer.
+    """
+    if not 1 <= min_n <= max_n:
+        raise ValueError(f"extract_char_ngrams needs 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+    return Model(
+        "extract_char_ngrams",
+        forward,
+        attrs={"min_n": min_n, "max_n": max_n, "lowercase": lowercase},
+    )
+
+
+def forward(
+    model: Model[List[Doc], Tuple[Ints1d, Floats1d, Ints1d]], docs: List[Doc], is_train: bool
+) -> Tuple[Tuple[Ints1d, Floats1d, Ints1d], Callable[[Floats2d], List[Doc]]]:
+    """Hashed char n-grams and their normalized sublinear counts, for a batch."""
+    min_n = model.attrs["min_n"]
+    max_n = model.attrs["max_n"]
+    lowercase = model.attrs["lowercase"]
+    batch_keys = []
+    batch_vals = []
+    for doc in docs:
+        keys, counts = numpy.unique(doc_char_ngram_keys(doc.text, min_n, max_n, lowercase), return_counts=True)
+        vals = 1.0 + numpy.log(counts, dtype=numpy.float32)
+        if len(vals):
+            vals /= numpy.sqrt(numpy.dot(vals, vals))
+        batch_keys.append(keys)
+        batch_vals.append(vals)
+    lengths = model.ops.asarray1i([len(keys) for keys in batch_keys])
+    # The hashing runs on numpy (the architecture wraps it in with_cpu); one
+    # transfer per batch if the ops are not numpy's.
+    keys = model.ops.asarray(numpy.concatenate(batch_keys) if docs else numpy.zeros((0,), dtype=numpy.uint64))
+    vals = model.ops.asarray1f(numpy.concatenate(batch_vals) if docs else numpy.zeros((0,), dtype="f"))
+
+    def backprop(dY: Floats2d) -> List[Doc]:
+        return []
+
+    return (cast(Ints1d, keys), cast(Floats1d, vals), cast(Ints1d, lengths)), backprop
+
+
+@registry.architectures("spacy-distill.CharNgramBOW.v1")
+def build_char_ngram_bow(
+    exclusive_classes: bool,
+    min_n: int = 1,
+    max_n: int = 4,
+    length: int = 1048576,
+    no_output_layer: bool = True,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats2d]:
+    """Build a sparse linear text classifier over hashed character n-grams.
+
+    Spacy's ``spacy.TextCatBOW.v3`` with ``extract_char_ngrams`` in place of
+    ``extract_ngrams``: the same hashed sparse linear layer, resizable output
+    and refs, so it can stand alone as a ``textcat`` model or (with
+    ``no_output_layer = true``, giving logits) be added to the BiLSTM's logits
+    in ``spacy-distill.BiLSTMTextCat.v2``.
+
+    exclusive_classes (bool): One label per doc (softmax) or multi-label
+        (sigmoid); used only with an output layer.
+    min_n (int): The smallest n-gram length.
+    max_n (int): The largest n-gram length.
+    length (int): Number of rows of the hashed weight table, rounded up to a
+        power of two. Character n-grams are many more than words: the default
+        is 4 times TextCatBOW's.
+    no_output_layer (bool): Output the logits, without softmax/sigmoid.
+    nO (Optional[int]): Number of labels; inferred at initialization.
+    RETURNS (Model[List[Doc], Floats2d]): Logits (or probabilities), one row per doc.
+    """
+    if length < 1:
+        raise ValueError(f"CharNgramBOW expects a length of at least 1, was {length}.")
+    # Find k such that 2**(k-1) < length <= 2**k, as TextCatBOW.v3.
+    length = 2 ** (length - 1).bit_length()
+    sparse_linear = SparseLinear_v2(nO=nO, length=length)
+    fill_defaults = {"b": 0, "W": 0}
+    output_layer = None
+    if not no_output_layer:
+        fill_defaults["b"] = NEG_VALUE
+        output_layer = softmax_activation() if exclusive_classes else Logistic()
+    resizable_layer: Model[Floats2d, Floats2d] = resizable(
+        sparse_linear,
+        resize_layer=partial(resize_linear_weighted, fill_defaults=fill_defaults),
+    )
+    model: Model[List[Doc], Floats2d] = chain(
+        extract_char_ngrams(min_n=min_n, max_n=max_n), resizable_layer
+    )
+    # The sparse layer's kernels are CPU-only (as in TextCatBOW).
+    model = with_cpu(model, model.ops)
+    if output_layer is not None:
+        model = chain(model, with_cpu(output_layer, output_layer.ops))
+    if nO is not None:
+        model.set_dim("nO", cast(int, nO))
+    model.set_ref("output_layer", sparse_linear)
+    model.attrs["multi_label"] = not exclusive_classes
+    model.attrs["resize_output"] = partial(resize_and_set_ref, resizable_layer=resizable_layer)
+    return model

