@@ -1,0 +1,126 @@
+"""Student ablation: one change at a time against the default student, each trained on
+the teacher-labelled corpus, chosen on dev, and reported on dev and test.
+
+Each variant of ``[ablation.variants]`` (configs/experiments.cfg) names which labelled
+parts it trains on (the gold train docs always; the augmented variants or not; how many
+transfer docs per language) and dotted overrides of the student config (features,
+loss, temperature, width). All variants are scored and timed in this one process, so
+their speed ratios hold.
+"""
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Dict, List
+
+import spacy
+import typer
+from common import dir_size, load_section, run, split_langs, write_json, write_text
+from evaluate_systems import evaluate_system, read_test, time_system
+from learning_curve import build_train_dir
+from spacy.cli._util import parse_config_overrides
+from spacy.cli.train import train
+from spacy.util import load_config
+
+
+def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
+    """The dotted overrides of one variant (a JSON object in the config).
+
+    variant (Dict[str, Any]): The variant's settings.
+    RETURNS (Dict[str, Any]): Dotted key → value.
+    """
+    overrides = variant.get("overrides", {})
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides)
+    return dict(overrides)
+
+
+def main(
+    ctx: typer.Context,
+    labelled: Path = typer.Argument(..., help="corpus/labelled (teacher-labelled DocBins)"),
+    dev_path: Path = typer.Argument(..., help="Gold dev DocBin (early stopping, choice)"),
+    test_path: Path = typer.Argument(..., help="Gold test DocBin (reported)"),
+    output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
+    student_config: Path = typer.Option(Path("configs/student.cfg"), "--student-config", help="Student training config"),
+    config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [ablation]"),
+    work_dir: Path = typer.Option(Path("training/ablation"), "--work-dir", help="Training sets and trained variants"),
+    only: str = typer.Option("", "--only", help="Comma-separated variant names (default: all)"),
+    reuse: bool = typer.Option(False, "--reuse", help="Skip training a variant whose model-best exists (re-scored and re-timed)"),
+) -> None:
+    """Train, score and time each variant; write a table.
+
+    ctx (typer.Context): Extra args are dotted overrides of the config, e.g. --ablation.max_steps 500.
+    labelled (Path): Labelled corpus folder (gold/, augmented/, transfer/).
+    dev_path (Path): Dev DocBin.
+    test_path (Path): Test DocBin.
+    output_prefix (Path): Output prefix.
+    student_config (Path): Student config.
+    config (Path): Experiments config.
+    work_dir (Path): Work folder.
+    only (str): Variants to run.
+    reuse (bool): Reuse trained variants.
+    """
+    settings = load_section(config, "ablation", parse_config_overrides(ctx.args))
+    langs = split_langs(settings["langs"])
+    variants: Dict[str, Dict[str, Any]] = dict(settings["variants"])
+    if only:
+        unknown = [n for n in only.split(",") if n not in variants]
+        if unknown:
+            raise typer.BadParameter(f"{config}: no [ablation.variants] named {unknown}; known: {sorted(variants)}")
+        variants = {n: variants[n] for n in only.split(",")}
+    texts, gold = read_test(test_path, langs)
+    rng = random.Random(f"{settings['seed']}:speed")
+    speed_texts: List[str] = []
+    for lang in langs:
+        idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
+        speed_texts.extend(texts[i] for i in rng.sample(idx, min(int(settings["n_speed"]), len(idx))))
+    rows: List[Dict[str, Any]] = []
+    built: Dict[Path, Dict[str, int]] = {}
+    for name, variant in variants.items():
+        per_lang = int(variant.get("transfer_per_lang", -1))
+        augmented = bool(variant.get("augmented", True))
+        data_dir = work_dir / "data" / f"t{per_lang}-a{int(augmented)}"
+        if data_dir in built:
+            counts = built[data_dir]
+        elif reuse and (data_dir / "counts.json").exists():
+            counts = json.loads((data_dir / "counts.json").read_text())
+        else:
+            counts = build_train_dir(labelled, data_dir, per_lang if per_lang >= 0 else 10**9, langs, augmented)
+            write_json(data_dir / "counts.json", counts)
+        built[data_dir] = counts
+        overrides: Dict[str, Any] = {"paths.train": str(data_dir), "paths.dev": str(dev_path), "system.seed": int(settings["seed"])}
+        if int(settings["max_steps"]):
+            overrides["training.max_steps"] = int(settings["max_steps"])
+        overrides.update(variant_overrides(variant))
+        model_dir = work_dir / name
+        if reuse and (model_dir / "model-best" / "meta.json").exists():
+            typer.echo(f"{name}: reusing {model_dir / 'model-best'}")
+        else:
+            # Fails early and clearly on a bad override.
+            load_config(student_config, overrides=overrides)
+            train(student_config, model_dir, overrides=overrides)
+        nlp = spacy.load(model_dir / "model-best")
+        dev_f = 100 * float(nlp.meta.get("performance", {}).get("cats_score", float("nan")))
+        scores = evaluate_system(nlp, texts, gold, langs, 256)
+        speed = time_system(nlp, speed_texts, 64, 16, float(settings["min_seconds"]))
+        rows.append(
+            {"name": name, "description": variant.get("description", ""), "train_docs": counts, "dev_macro_f": dev_f,
+             "size_bytes": dir_size(model_dir / "model-best"), "speed": speed, **scores}
+        )
+        typer.echo(f"{name}: dev {dev_f:.1f}, test {scores['mean']['macro_f']:.1f}, {speed['batch']['tokens_per_s']:,.0f} tokens/s")
+    write_json(output_prefix.with_suffix(".json"), {"langs": langs, "settings": settings, "variants": rows})
+    lines = [
+        "| variant | change | train docs | size (MB) | tokens/s (batch) | dev macro-F | test macro-F | " + " | ".join(langs) + " |",
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(langs),
+    ]
+    for r in rows:
+        cells = [f"{r['per_lang'][lg]['macro_f']:.1f}" for lg in langs]
+        lines.append(
+            f"| {r['name']} | {r['description']} | {sum(r['train_docs'].values()):,} | {r['size_bytes'] / 1e6:.2f} | "
+            f"{r['speed']['batch']['tokens_per_s']:,.0f} | {r['dev_macro_f']:.1f} | **{r['mean']['macro_f']:.1f}** | " + " | ".join(cells) + " |"
+        )
+    write_text(output_prefix.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run(main)
