@@ -93,7 +93,7 @@ def _timed_passes(run_once: Callable[[], List[Any]], min_seconds: float) -> Dict
 
 
 def time_system(nlp: Any, texts: List[str], batch_size: int, n_warmup: int, min_seconds: float = 0.0) -> Dict[str, Dict[str, float]]:
-    """Tokens/s and docs/s, batched and one doc at a time.
+    """Tokens/s and docs/s, batched and one doc at a time, of one system.
 
     nlp (Any): The system.
     texts (List[str]): The timed texts.
@@ -102,11 +102,44 @@ def time_system(nlp: Any, texts: List[str], batch_size: int, n_warmup: int, min_
     min_seconds (float): Repeat each measurement until this much time has passed.
     RETURNS (Dict[str, Dict[str, float]]): {"batch": {...}, "single": {...}}.
     """
-    list(nlp.pipe(texts[:n_warmup], batch_size=batch_size))
-    return {
-        "batch": _timed_passes(lambda: list(nlp.pipe(texts, batch_size=batch_size)), min_seconds),
-        "single": _timed_passes(lambda: [nlp(text) for text in texts], min_seconds),
+    return time_systems({"system": nlp}, texts, batch_size, n_warmup, min_seconds, rounds=1)["system"]
+
+
+def time_systems(
+    systems: Dict[str, Any], texts: List[str], batch_size: int, n_warmup: int, min_seconds: float = 0.0, rounds: int = 3
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Tokens/s and docs/s of several systems, their timing passes interleaved.
+
+    The load of a shared machine drifts within a run (the same two systems were
+    timed 58.7x and 104.7x apart in one session), so each system's time is
+    gathered in ``rounds`` slices, taken in turn (A B A B ...), and a ratio
+    between two systems compares the same stretches of time.
+
+    systems (Dict[str, Any]): Name → system.
+    texts (List[str]): The timed texts.
+    batch_size (int): Batch size for ``pipe``.
+    n_warmup (int): Docs processed by each system before timing.
+    min_seconds (float): Minimum total time per system and mode, split over the rounds.
+    rounds (int): Interleaved slices per system and mode.
+    RETURNS (Dict[str, Dict[str, Dict[str, float]]]): Name → {"batch": {...}, "single": {...}}.
+    """
+    for nlp in systems.values():
+        list(nlp.pipe(texts[:n_warmup], batch_size=batch_size))
+    runs = {
+        "batch": lambda nlp: (lambda: list(nlp.pipe(texts, batch_size=batch_size))),
+        "single": lambda nlp: (lambda: [nlp(text) for text in texts]),
     }
+    out: Dict[str, Dict[str, Dict[str, float]]] = {name: {} for name in systems}
+    for mode, make_run in runs.items():
+        totals = {name: {"seconds": 0.0, "tokens": 0, "docs": 0, "passes": 0} for name in systems}
+        for _ in range(max(1, rounds)):
+            for name, nlp in systems.items():
+                part = _timed_passes(make_run(nlp), min_seconds / max(1, rounds))
+                for key in totals[name]:
+                    totals[name][key] += part[key]
+        for name, t in totals.items():
+            out[name][mode] = {**t, "rounds": max(1, rounds), "tokens_per_s": t["tokens"] / t["seconds"], "docs_per_s": t["docs"] / t["seconds"]}
+    return out
 
 
 def evaluate_system(nlp: Any, texts: List[str], gold: List[Tuple[str, str]], langs: List[str], batch_size: int) -> Dict[str, Any]:
@@ -175,7 +208,7 @@ def markdown(results: Dict[str, Any]) -> str:
         ]
     env = results["environment"]
     lines += ["", f"Measured on {env['cpu_count']} CPU(s) ({env['machine']}), Python {env['python']}, spaCy {env['spacy']}; "
-              f"speed on {results['n_speed_docs']} test docs."]
+              f"speed on {results['n_speed_docs']} test docs, the systems' timing passes interleaved in {env['settings'].get('rounds', 1)} rounds."]
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +238,7 @@ def main(
     speed_texts = [texts[i] for i in speed_idx]
     batch_size = int(settings["batch_size"])
     results: Dict[str, Any] = {"langs": langs, "n_test_docs": len(texts), "n_speed_docs": len(speed_texts), "systems": {}}
+    loaded: Dict[str, Any] = {}
     for spec in system:
         name, sep, path_s = spec.partition("=")
         if not sep:
@@ -215,14 +249,15 @@ def main(
         r = evaluate_system(nlp, texts, gold, langs, batch_size)
         r["path"] = str(path)
         r["size_bytes"] = dir_size(path)
-        r["speed"] = time_system(nlp, speed_texts, batch_size, int(settings["n_warmup"]), float(settings["min_seconds"]))
         results["systems"][name] = r
-        typer.echo(
-            f"  mean macro-F {r['mean']['macro_f']:.1f}, acc {r['mean']['acc']:.1f}; "
-            f"{r['speed']['batch']['tokens_per_s']:,.0f} tokens/s batch, {r['speed']['single']['tokens_per_s']:,.0f} one doc; "
-            f"{r['size_bytes'] / 1e6:.1f} MB"
-        )
-        del nlp
+        loaded[name] = nlp
+        typer.echo(f"  mean macro-F {r['mean']['macro_f']:.1f}, acc {r['mean']['acc']:.1f}; {r['size_bytes'] / 1e6:.1f} MB")
+    # All systems are timed together, their passes interleaved (see time_systems).
+    speeds = time_systems(loaded, speed_texts, batch_size, int(settings["n_warmup"]), float(settings["min_seconds"]), int(settings["rounds"]))
+    for name, speed in speeds.items():
+        results["systems"][name]["speed"] = speed
+        typer.echo(f"{name}: {speed['batch']['tokens_per_s']:,.0f} tokens/s batch, {speed['single']['tokens_per_s']:,.0f} one doc")
+    del loaded
     systems = results["systems"]
     if "student" in systems and "teacher" in systems:
         s, t = systems["student"], systems["teacher"]

@@ -75,7 +75,9 @@ def main(
     overrides = smoke_overrides(smoke_cfg, data_dir, ud_dir)
     skip = set(srsly.read_yaml(smoke_cfg).get("skip", []))
     workflow: List[str] = srsly.read_yaml(ROOT / "project.yml")["workflows"]["all"]
-    todo = steps.split(",") if steps else [s for s in workflow if s not in skip]
+    # `also`: steps outside `all` (the ablation workflow) that the smoke run covers too.
+    also: List[str] = list(srsly.read_yaml(smoke_cfg).get("also", []))
+    todo = steps.split(",") if steps else [s for s in workflow if s not in skip] + also
     args: List[str] = []
     for name, value in overrides.items():
         args += [f"--vars.{name}", json.dumps(value) if isinstance(value, bool) else str(value)]

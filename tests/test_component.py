@@ -18,6 +18,7 @@ from .util import (
     LABELS,
     SOFT_DATA,
     STUDENT_BOW_CONFIG,
+    STUDENT_CHARS_CONFIG,
     STUDENT_CONFIG,
     blank_xx,
     soft_examples,
@@ -29,9 +30,9 @@ from .util import (
 OVERFIT_TOL = 0.05
 
 
-@pytest.fixture(scope="module", params=["bilstm", "bilstm+bow"])
+@pytest.fixture(scope="module", params=["bilstm", "bilstm+bow", "bilstm+bow+chars"])
 def trained(request):
-    config = STUDENT_CONFIG if request.param == "bilstm" else STUDENT_BOW_CONFIG
+    config = {"bilstm": STUDENT_CONFIG, "bilstm+bow": STUDENT_BOW_CONFIG, "bilstm+bow+chars": STUDENT_CHARS_CONFIG}[request.param]
     nlp = blank_xx()
     nlp.add_pipe("distill_textcat", config=config)
     losses = train(nlp, soft_examples(nlp), n_iter=100)

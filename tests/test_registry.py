@@ -141,3 +141,53 @@ def test_spacy_train_without_code(tmp_path):
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "TEXTCAT (macro F)" in evaluated.stdout
+
+
+
+# Entry-point group -> the spaCy/thinc registry that reads it (catalogue reads the group
+# "<namespace>_<registry>"; factories are read by spaCy's Language.factory lookup).
+GROUP_REGISTRY = {
+    "spacy_architectures": "architectures",
+    "spacy_scorers": "scorers",
+    "spacy_tokenizers": "tokenizers",
+    "spacy_augmenters": "augmenters",
+    "spacy_readers": "readers",
+    "thinc_layers": "layers",
+    "thinc_losses": "losses",
+}
+
+
+def _declared_entry_points():
+    from importlib.metadata import distribution
+
+    groups = {}
+    for ep in distribution("spacy-distill").entry_points:
+        groups.setdefault(ep.group, []).append(ep.name)
+    return groups
+
+
+def test_every_declared_group_is_read_by_a_registry():
+    groups = set(_declared_entry_points()) - {"console_scripts"}
+    assert groups - {"spacy_factories"} <= set(GROUP_REGISTRY), groups
+
+
+@pytest.mark.parametrize(
+    "group,name",
+    [(g, n) for g, names in sorted(_declared_entry_points().items()) if g in GROUP_REGISTRY for n in names],
+)
+def test_entry_point_resolves_in_a_fresh_process(group, name):
+    # No `import spacy_distill`: the name must be found through its entry point alone.
+    code = (
+        "import sys\n"
+        "from spacy.util import registry\n"
+        f"assert registry.has({GROUP_REGISTRY[group]!r}, {name!r})\n"
+        f"assert callable(registry.get({GROUP_REGISTRY[group]!r}, {name!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_factory_resolves_in_a_fresh_process():
+    code = "import spacy\nnlp = spacy.blank('xx')\nnlp.add_pipe('distill_textcat')\nprint(nlp.pipe_names)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "distill_textcat" in result.stdout, result.stderr[-2000:]

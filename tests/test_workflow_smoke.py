@@ -92,3 +92,26 @@ def test_wheel_works_without_torch(smoke_project):
     assert check["ok"], check["problems"]
     assert set(check["languages"]) == set(LANGS)
     assert check["python"] != sys.executable
+
+
+def test_ablations(smoke_project):
+    """The ablation workflow (outside `all`) ran on the smoke outputs: every configured
+    student and teacher variant trained, with dev and test scores per language."""
+    import srsly
+    from spacy.util import load_config
+
+    experiments = load_config(ROOT / "configs" / "experiments.cfg")
+    student = json.loads((smoke_project / "metrics" / "ablation.json").read_text(encoding="utf8"))
+    assert [v["name"] for v in student["variants"]] == list(experiments["ablation"]["variants"])
+    by_name = {v["name"]: v for v in student["variants"]}
+    assert by_name["transfer_0"]["train_docs"]["transfer"] == 0
+    assert by_name["default"]["train_docs"]["transfer"] == 10 * len(LANGS)
+    assert "augmented" not in by_name["no_augmented"]["train_docs"]
+    # The char n-gram table makes the default larger than the variant without it.
+    assert by_name["default"]["size_bytes"] > by_name["no_char_ngrams"]["size_bytes"]
+    teacher = json.loads((smoke_project / "metrics" / "teacher_ablation.json").read_text(encoding="utf8"))
+    assert [v["name"] for v in teacher["variants"]] == list(experiments["teacher_ablation"]["variants"])
+    for rows in (student["variants"], teacher["variants"]):
+        for r in rows:
+            assert 0 <= r["dev_macro_f"] <= 100 and set(r["per_lang"]) == set(LANGS)
+    assert srsly.read_yaml(ROOT / "configs" / "smoke.yml")["also"] == ["teacher-ablation", "student-ablation"]

@@ -54,6 +54,28 @@ STUDENT_BOW_CONFIG = {
     },
 }
 
+# The shipped student's shape (configs/student.cfg), small: the BiLSTM plus the word
+# n-gram and the char n-gram models, their logits summed by thinc's add.v1.
+STUDENT_CHARS_CONFIG = {
+    "model": {
+        **STUDENT_BOW_CONFIG["model"],
+        "bow": {
+            "@layers": "add.v1",
+            "*": {
+                "words": STUDENT_BOW_CONFIG["model"]["bow"],
+                "chars": {
+                    "@architectures": "spacy-distill.CharNgramBOW.v1",
+                    "exclusive_classes": True,
+                    "min_n": 1,
+                    "max_n": 4,
+                    "length": 16384,
+                    "nO": None,
+                },
+            },
+        },
+    },
+}
+
 
 def blank_xx() -> Language:
     return spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})

@@ -1,0 +1,88 @@
+"""Teacher ablation: variants of the frozen-encoder teacher (prefix, pooling, head),
+each trained as ``scripts/train_teacher.py`` trains the default, chosen on the teacher
+dev set and reported on the test split. Encoder outputs are cached per encoder setting,
+so variants that share an encoder cost one encoding.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import typer
+from common import load_section, run, split_langs, write_json, write_text
+from evaluate_systems import read_test, score
+from spacy.cli._util import parse_config_overrides
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.util import fix_random_seed, load_config, load_model_from_config
+from train_teacher import encode, read_gold, targets, train_head
+
+
+def main(
+    ctx: typer.Context,
+    teacher_config: Path = typer.Argument(..., help="Teacher config (configs/teacher.cfg)"),
+    train_path: Path = typer.Argument(..., help="Gold train DocBin"),
+    dev_path: Path = typer.Argument(..., help="Teacher dev DocBin (head epoch, choice)"),
+    test_path: Path = typer.Argument(..., help="Gold test DocBin (reported)"),
+    output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
+    config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [teacher_ablation]"),
+    cache: Path = typer.Option(Path("training/teacher_cache"), "--cache", help="Encoder-output cache"),
+) -> None:
+    """Train and score each teacher variant; write a table.
+
+    ctx (typer.Context): Dotted overrides of the experiments config.
+    teacher_config (Path): Teacher config.
+    train_path (Path): Train DocBin.
+    dev_path (Path): Dev DocBin.
+    test_path (Path): Test DocBin.
+    output_prefix (Path): Output prefix.
+    config (Path): Experiments config.
+    cache (Path): Cache folder.
+    """
+    settings = load_section(config, "teacher_ablation", parse_config_overrides(ctx.args))
+    langs = split_langs(settings["langs"])
+    rows: List[Dict[str, Any]] = []
+    for name, variant in dict(settings["variants"]).items():
+        overrides = variant.get("overrides", {})
+        overrides = dict(json.loads(overrides) if isinstance(overrides, str) else overrides)
+        overrides.update({"paths.train": str(train_path), "paths.dev": str(dev_path)})
+        cfg = load_config(teacher_config, overrides=overrides, interpolate=False)
+        head_settings = cfg.interpolate()["head_training"]
+        fix_random_seed(int(head_settings["seed"]))
+        nlp = load_model_from_config(cfg, auto_fill=True, validate=True)
+        start = time.perf_counter()
+        train_docs = read_gold(nlp, train_path)
+        dev_docs = read_gold(nlp, dev_path)
+        texts, gold = read_test(test_path, langs)
+        test_docs: List[Doc] = [nlp.make_doc(t) for t in texts]
+        textcat = nlp.get_pipe("textcat")
+        sample = [Example(nlp.make_doc(d.text), d) for d in train_docs[:8]]
+        nlp.initialize(lambda sample=sample: sample)
+        labels = list(textcat.labels)
+        encoder = textcat.model.get_ref("encoder")
+        head = textcat.model.get_ref("head")
+        batch_size = int(head_settings["encode_batch_size"])
+        X = encode(encoder, train_docs, batch_size, cache, "train")
+        X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
+        X_test = encode(encoder, test_docs, batch_size, cache, "test")
+        dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
+        report = train_head(head, X, targets(train_docs, labels), X_dev, dev_gold, labels, head_settings)
+        pred = [labels[i] for i in head.ops.to_numpy(head.predict(X_test)).argmax(axis=1)]
+        scores = score(gold, pred, langs, labels)
+        rows.append({"name": name, "description": variant.get("description", ""), "dev_macro_f": report["best_dev_macro_f"],
+                     "best_epoch": report["best_epoch"], "seconds": round(time.perf_counter() - start, 1), **scores})
+        typer.echo(f"{name}: dev {report['best_dev_macro_f']:.1f}, test {scores['mean']['macro_f']:.1f}")
+    write_json(output_prefix.with_suffix(".json"), {"langs": langs, "settings": settings, "variants": rows})
+    lines = [
+        "| teacher variant | change | dev macro-F | test macro-F | " + " | ".join(langs) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(langs),
+    ]
+    for r in rows:
+        cells = [f"{r['per_lang'][lg]['macro_f']:.1f}" for lg in langs]
+        lines.append(f"| {r['name']} | {r['description']} | {r['dev_macro_f']:.1f} | **{r['mean']['macro_f']:.1f}** | " + " | ".join(cells) + " |")
+    write_text(output_prefix.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run(main)
