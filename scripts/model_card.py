@@ -40,6 +40,20 @@ def describe_teacher(teacher: str) -> str:
     return teacher
 
 
+def describe_sparse(cfg: Dict[str, Any]) -> str:
+    """One sparse linear n-gram model in words.
+
+    cfg (Dict[str, Any]): Its config block.
+    RETURNS (str): Markdown.
+    """
+    name = cfg.get("@architectures", "")
+    if name.startswith("spacy-distill.CharNgramBOW"):
+        what = f"a hashed character {cfg.get('min_n')}-{cfg.get('max_n')}-gram model"
+    else:
+        what = f"a bag-of-{cfg.get('ngram_size')}-grams model"
+    return f"{what} (`{name}`, {int(cfg.get('length') or 0):,} rows)"
+
+
 def describe_architecture(model_cfg: Dict[str, Any]) -> str:
     """The student architecture in words, from its [components.textcat.model] block.
 
@@ -54,10 +68,9 @@ def describe_architecture(model_cfg: Dict[str, Any]) -> str:
     )
     bow = model_cfg.get("bow")
     if bow:
-        text += (
-            f", plus a bag-of-{bow.get('ngram_size')}-grams sparse linear model ({bow.get('length'):,} rows) whose "
-            "logits are added"
-        )
+        # A single sparse model, or several summed by thinc's add.v1 (the `*` block).
+        parts = list(bow.get("*", {}).values()) if "*" in bow else [bow]
+        text += ", plus " + " and ".join(describe_sparse(part) for part in parts) + " whose logits are added"
     return f"{text} (`{model_cfg.get('@architectures')}`)"
 
 
@@ -91,7 +104,7 @@ def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str, archi
         "* Labels: `POSITIVE` (3-5 stars) / `NEGATIVE` (1-2 stars), exclusive (softmax).",
         f"* Languages: {', '.join(langs)} (one multilingual `xx` pipeline; every Han/Kana/Hangul character is a token).",
         f"* Architecture: {architecture}, trained with `distill_textcat` on soft labels.",
-        f"* Teacher: `{teacher_name}` fine-tuned with spacy-transformers on the gold train split; it labelled "
+        f"* Teacher: `{teacher_name}` used as a frozen sentence encoder (query prefix, mean pooling) under a small classifier head trained on the gold train split (`configs/teacher.cfg`); it labelled "
         "augmented train reviews and unlabelled transfer reviews with probabilities and logits.",
         "",
         "## Test scores (macro-F, accuracy in brackets)",
@@ -195,7 +208,7 @@ def main(
             "name": name,
             "version": version,
             "description": f"Review sentiment (POSITIVE/NEGATIVE) for {', '.join(langs)}: a small BiLSTM student "
-            "distilled from a fine-tuned transformer teacher with spacy-distill.",
+            "distilled from a transformer teacher with spacy-distill.",
             "author": "spacy-distill developers",
             "license": "MIT code; weights trained on MARC (academic research only, see README)",
             "sources": [
