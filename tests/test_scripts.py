@@ -229,3 +229,56 @@ def test_tradeoff_reuses_only_a_variant_trained_with_the_same_config(tmp_path, c
     load_config(student_cfg, overrides=TRADEOFF_BASE).to_disk(model_best / "config.cfg")
     (model_best / "meta.json").write_text("{}", encoding="utf8")
     assert tradeoff._same_training(model_best, student_cfg, {**TRADEOFF_BASE, **changed}) is same
+
+
+@pytest.mark.parametrize(
+    "points,front",
+    [
+        ({"a": (1.0, 1.0)}, ["a"]),
+        # b is faster and better than a: a is dominated.
+        ({"a": (1.0, 1.0), "b": (2.0, 2.0)}, ["b"]),
+        # Trade-off: both stay, fastest first.
+        ({"teacher": (1.0, 80.0), "student": (100.0, 78.0), "bow": (300.0, 74.0), "ensemble": (50.0, 71.0)},
+         ["bow", "student", "teacher"]),
+        # Equal points do not dominate each other.
+        ({"a": (1.0, 1.0), "b": (1.0, 1.0)}, ["a", "b"]),
+        # Equal speed, lower accuracy: dominated.
+        ({"a": (5.0, 1.0), "b": (5.0, 2.0)}, ["b"]),
+    ],
+)
+def test_pareto_front(points, front):
+    import plot
+
+    assert sorted(plot.pareto_front(points)) == sorted(front)
+    assert plot.pareto_front(points)[0] == max(front, key=lambda n: points[n][0])
+
+
+CALLS = []
+
+
+def test_time_systems_interleaves_and_totals():
+    import spacy
+    from spacy.language import Language
+
+    @Language.factory("test_record_system", default_config={"system": ""})
+    def make_recorder(nlp, name, system):
+        # Records which pipeline ran, in order.
+        def record(doc):
+            CALLS.append(system)
+            return doc
+
+        return record
+
+    systems = {}
+    for name in ("A", "B"):
+        nlp = spacy.blank("xx")
+        nlp.add_pipe("test_record_system", config={"system": name})
+        systems[name] = nlp
+    CALLS.clear()
+    out = evaluate_systems.time_systems(systems, ["a b", "c d e"], 2, 1, 0.0, rounds=2)
+    # Warm-up A, B (1 doc each); batched passes A B A B (2 docs each); then one-doc
+    # passes, also A B A B.
+    assert CALLS == ["A", "B"] + ["A", "A", "B", "B"] * 2 + ["A", "A", "B", "B"] * 2
+    for name in ("A", "B"):
+        assert out[name]["batch"]["passes"] == 2 and out[name]["batch"]["tokens"] == 10
+        assert out[name]["single"]["docs"] == 4 and out[name]["batch"]["rounds"] == 2
