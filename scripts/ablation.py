@@ -35,6 +35,22 @@ def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
     return dict(overrides)
 
 
+def same_training(model_best: Path, student_config: Path, overrides: Dict[str, Any]) -> bool:
+    """Whether a saved variant was trained with this config: the same paths, training
+    and components sections (model and loss).
+
+    model_best (Path): The saved variant.
+    student_config (Path): The student config.
+    overrides (Dict[str, Any]): The variant's overrides.
+    RETURNS (bool): Whether it can be reused.
+    """
+    if not (model_best / "meta.json").exists():
+        return False
+    wanted = load_config(student_config, overrides=overrides)
+    saved = load_config(model_best / "config.cfg")
+    return all(wanted[section] == saved[section] for section in ("paths", "training", "components"))
+
+
 def main(
     ctx: typer.Context,
     labelled: Path = typer.Argument(..., help="corpus/labelled (teacher-labelled DocBins)"),
@@ -45,7 +61,7 @@ def main(
     config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [ablation]"),
     work_dir: Path = typer.Option(Path("training/ablation"), "--work-dir", help="Training sets and trained variants"),
     only: str = typer.Option("", "--only", help="Comma-separated variant names (default: all)"),
-    reuse: bool = typer.Option(False, "--reuse", help="Skip training a variant whose model-best exists (re-scored and re-timed)"),
+    reuse: bool = typer.Option(False, "--reuse", help="Skip training a variant whose model-best was trained with the same config and data (re-scored and re-timed); an interrupted run resumes"),
 ) -> None:
     """Train, score and time each variant; write a table.
 
@@ -90,11 +106,16 @@ def main(
             write_json(data_dir / "counts.json", counts)
         built[data_dir] = counts
         overrides: Dict[str, Any] = {"paths.train": str(data_dir), "paths.dev": str(dev_path), "system.seed": int(settings["seed"])}
-        if int(settings["max_steps"]):
-            overrides["training.max_steps"] = int(settings["max_steps"])
+        # The workflow passes the student step's max_steps, patience and eval_frequency
+        # (project vars); 0 keeps the student config's own value.
+        training = load_config(student_config)["training"]
+        factor = float(variant.get("steps_factor", 1))
+        for key in ("max_steps", "patience", "eval_frequency"):
+            value = int(settings[key]) or int(training[key])
+            overrides[f"training.{key}"] = value if key == "eval_frequency" else int(value * factor)
         overrides.update(variant_overrides(variant))
         model_dir = work_dir / name
-        if reuse and (model_dir / "model-best" / "meta.json").exists():
+        if reuse and same_training(model_dir / "model-best", student_config, overrides):
             typer.echo(f"{name}: reusing {model_dir / 'model-best'}")
         else:
             # Fails early and clearly on a bad override.
