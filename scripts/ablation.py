@@ -24,15 +24,14 @@ from spacy.util import load_config
 
 
 def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
-    """The dotted overrides of one variant (a JSON object in the config).
+    """The dotted overrides of one variant (a list of [key, value] pairs in the config).
 
     variant (Dict[str, Any]): The variant's settings.
     RETURNS (Dict[str, Any]): Dotted key → value.
     """
-    overrides = variant.get("overrides", {})
-    if isinstance(overrides, str):
-        overrides = json.loads(overrides)
-    return dict(overrides)
+    # [key, value] pairs rather than a dict: confection re-parses a dict value with
+    # dotted keys as sections when it interpolates.
+    return {str(key): value for key, value in variant.get("overrides", [])}
 
 
 def same_training(model_best: Path, student_config: Path, overrides: Dict[str, Any]) -> bool:

@@ -4,12 +4,12 @@ dev set and reported on the test split. Encoder outputs are cached per encoder s
 so variants that share an encoder cost one encoding.
 """
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import typer
+from ablation import variant_overrides
 from common import load_section, run, split_langs, write_json, write_text
 from evaluate_systems import read_test, score
 from spacy.cli._util import parse_config_overrides
@@ -44,8 +44,7 @@ def main(
     langs = split_langs(settings["langs"])
     rows: List[Dict[str, Any]] = []
     for name, variant in dict(settings["variants"]).items():
-        overrides = variant.get("overrides", {})
-        overrides = dict(json.loads(overrides) if isinstance(overrides, str) else overrides)
+        overrides = variant_overrides(variant)
         overrides.update({"paths.train": str(train_path), "paths.dev": str(dev_path)})
         cfg = load_config(teacher_config, overrides=overrides, interpolate=False)
         head_settings = cfg.interpolate()["head_training"]
