@@ -31,9 +31,9 @@ from thinc.types import Floats2d
 from .losses import DistillLoss, DistillTargets, sigmoid, softmax
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
-# The workflow's student (configs/student.cfg), chosen on the width / n-gram
-# trade-off in metrics/tradeoff.md: a width-16 BiLSTM plus the stock
-# bag-of-n-grams model, whose logits are summed.
+# The workflow's student (configs/student.cfg), chosen on dev in metrics/ablation.md:
+# a width-16 BiLSTM whose logits are summed with two sparse linear models, the stock
+# bag-of-n-grams model and hashed character 1-4-grams (thinc's add.v1).
 DEFAULT_DISTILL_MODEL_CONFIG = """
 [model]
 @architectures = "spacy-distill.BiLSTMTextCat.v2"
@@ -50,11 +50,22 @@ rows = [5000, 2500, 2500, 2500]
 include_static_vectors = false
 
 [model.bow]
+@layers = "add.v1"
+
+[model.bow.*.words]
 @architectures = "spacy.TextCatBOW.v3"
 exclusive_classes = true
 ngram_size = 2
 no_output_layer = true
 length = 262144
+nO = null
+
+[model.bow.*.chars]
+@architectures = "spacy-distill.CharNgramBOW.v1"
+exclusive_classes = true
+min_n = 1
+max_n = 4
+length = 1048576
 nO = null
 """
 DEFAULT_DISTILL_MODEL = Config().from_str(DEFAULT_DISTILL_MODEL_CONFIG)["model"]
