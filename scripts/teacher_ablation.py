@@ -28,6 +28,7 @@ def main(
     output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
     config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [teacher_ablation]"),
     cache: Path = typer.Option(Path("training/teacher_cache"), "--cache", help="Encoder-output cache"),
+    teacher_model: str = typer.Option("", "--teacher-model", help="Encoder name or folder (the teacher step's vars.teacher_model); empty = the config's"),
 ) -> None:
     """Train and score each teacher variant; write a table.
 
@@ -39,6 +40,7 @@ def main(
     output_prefix (Path): Output prefix.
     config (Path): Experiments config.
     cache (Path): Cache folder.
+    teacher_model (str): Encoder name or folder.
     """
     settings = load_section(config, "teacher_ablation", parse_config_overrides(ctx.args))
     langs = split_langs(settings["langs"])
@@ -46,6 +48,8 @@ def main(
     for name, variant in dict(settings["variants"]).items():
         overrides = variant_overrides(variant)
         overrides.update({"paths.train": str(train_path), "paths.dev": str(dev_path)})
+        if teacher_model:
+            overrides["components.textcat.model.encoder.name"] = teacher_model
         cfg = load_config(teacher_config, overrides=overrides, interpolate=False)
         head_settings = cfg.interpolate()["head_training"]
         fix_random_seed(int(head_settings["seed"]))
