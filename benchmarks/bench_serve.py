@@ -116,12 +116,41 @@ async def _run_config(
     }
 
 
+def _rss_mb(pid: Optional[int]) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _memory(server_pid: int, status: Dict[str, Any]) -> Dict[str, Any]:
+    """Resident memory of the server process and of each model's worker process."""
+    workers = {}
+    for name, model in status["models"].items():
+        runtime = model.get("runtime") or {}
+        if runtime.get("pid") not in (None, server_pid):
+            workers[name] = {
+                "rss_mb": _rss_mb(runtime["pid"]),
+                "heavy_modules": runtime.get("heavy_modules"),
+            }
+    return {"server_rss_mb": _rss_mb(server_pid), "worker_processes": workers}
+
+
 def _markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     first = meta["models"][0]
     base = {(r["batch"], r["concurrency"]): r["texts_per_s"] for r in rows if r["model"] == first}
     lines = [
         f"Texts: {meta['texts_file']} ({meta['n_texts']} texts, mean {meta['mean_chars']:.0f} chars); "
-        f"server: max_batch_size={meta['max_batch_size']}, batch_wait_ms={meta['batch_wait_ms']}; "
+        f"server: max_batch_size={meta['max_batch_size']}, batch_wait_ms={meta['batch_wait_ms']}, "
+        f"inference={meta.get('inference', 'thread')}; RSS: server {meta.get('server_rss_mb')} MB"
+        + "".join(
+            f", {n} worker {w['rss_mb']} MB" for n, w in meta.get("worker_processes", {}).items()
+        )
+        + "; "
         f"{meta['cpu_count']} CPUs, Python {meta['python']}.",
         "",
         f"| model | client batch | concurrency | requests | errors | texts/s | vs {first} | p50 ms | p95 ms | p99 ms |",
@@ -172,6 +201,9 @@ def main(
     startup_timeout: float = typer.Option(
         300.0, "--startup-timeout", help="Seconds to wait for the models to load."
     ),
+    inference: str = typer.Option(
+        "process", "--inference", help="Server: 'process' (worker process per model) or 'thread'."
+    ),
 ) -> None:
     """Measure serving throughput and latency for one or more models."""
     records = []
@@ -190,7 +222,7 @@ def main(
         "--max-batch-size", str(max_batch_size), "--batch-wait-ms", str(batch_wait_ms),
         "--max-texts", str(max(batches)), "--max-chars", str(max_chars),
         "--max-body-bytes", str(max(2_000_000, 8 * max_chars * max(batches))),
-        "--log-level", "warning",
+        "--log-level", "warning", "--inference", inference,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("SPACY_DISTILL_TOKEN", None)
@@ -201,6 +233,7 @@ def main(
         _wait_ready(url, proc, startup_timeout)
         status = httpx.get(f"{url}/status", timeout=10).json()
         names = list(status["models"])
+        memory = _memory(proc.pid, status)
         for name in names:
             for batch in batches:
                 for conc in concurrencies:
@@ -229,6 +262,8 @@ def main(
         "mean_chars": float(numpy.mean([len(t) for t in records])),
         "max_batch_size": max_batch_size,
         "batch_wait_ms": batch_wait_ms,
+        "inference": inference,
+        **memory,
         "requests_per_config": requests,
         "max_seconds_per_config": max_seconds,
         "cpu_count": os.cpu_count(),

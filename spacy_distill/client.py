@@ -5,24 +5,39 @@
     ...     results = client.classify(["Great blender", "Broke after a day"])
     ...     results[0]["label"], results[0]["score"]
 
-Every call has connect and read timeouts; connection failures and 503s
-(models loading, overload, shutdown) are retried a bounded number of times
-with exponential backoff; everything else raises ``ClientError`` at once.
+Every call has one overall deadline, ``timeout`` seconds from its start, that
+covers connecting, sending, every read of the answer, the retries and the waits
+between them: a server that answers one byte per second cannot hold a call past
+it. Every call of this client is idempotent (scoring changes nothing on the
+server), so connection errors, connections reset or closed before the answer,
+and 503s (models loading, overload, shutdown) are retried with exponential
+backoff while the deadline allows. Every failure raises a ``ClientError``
+subclass, malformed answers included.
 """
 
+import random
+import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import httpx
 
-__all__ = ["Client", "ClientError", "ClientConnectionError", "ClientTimeoutError"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "ClientConnectionError",
+    "ClientTimeoutError",
+    "ClientStatusError",
+    "ClientResponseError",
+]
 
 
 class ClientError(Exception):
-    """The server answered with an error, or could not be reached.
+    """Base of every error the client raises.
 
     status (Optional[int]): HTTP status, or None if there was no response.
     detail (str): The server's message (or what went wrong).
+    url (str): The URL called.
     """
 
     def __init__(self, status: Optional[int], detail: str, url: str = "") -> None:
@@ -35,11 +50,127 @@ class ClientError(Exception):
 
 
 class ClientConnectionError(ClientError):
-    """The server could not be reached (after the retries)."""
+    """The server could not be reached, or dropped the connection (after the retries)."""
 
 
 class ClientTimeoutError(ClientError):
-    """The server did not answer within the timeout."""
+    """The call did not complete within its deadline."""
+
+
+class ClientStatusError(ClientError):
+    """The server answered with an error status (``status`` and its ``detail``)."""
+
+
+class ClientResponseError(ClientError):
+    """The server's answer is not what the API promises (not JSON, missing fields)."""
+
+
+# Errors after which the request surely or probably did not complete and is
+# safe to send again (all calls are idempotent): no connection, or one that was
+# reset or closed before an answer.
+_RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+
+
+def _time_left(
+    deadline: Callable[[], Optional[float]], timeout: Optional[float], error: type
+) -> Optional[float]:
+    """The timeout for one socket operation: at most the time left to the call.
+
+    deadline (Callable[[], Optional[float]]): The call's deadline (monotonic), or None.
+    timeout (Optional[float]): The operation's own timeout.
+    error (type): The httpcore timeout to raise when no time is left.
+    RETURNS (Optional[float]): The timeout to use.
+    """
+    end = deadline()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise error("the call's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream:
+    """A network stream whose every operation ends by the call's deadline.
+
+    httpx's timeouts bound each read; this bounds their sum, by giving each
+    operation at most the time left and failing once none is.
+    """
+
+    def __init__(self, stream: Any, deadline: Callable[[], Optional[float]]) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: Optional[float], error: type) -> Optional[float]:
+        return _time_left(self._deadline, timeout, error)
+
+    def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        import httpcore
+
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        import httpcore
+
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: Any = None, timeout: Any = None) -> Any:
+        import httpcore
+
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+def _deadline_transport(deadline: Callable[[], Optional[float]]) -> httpx.BaseTransport:
+    """An httpx transport whose sockets honour the per-call deadline."""
+    import httpcore
+
+    base = httpcore.SyncBackend()
+
+    class Backend(httpcore.NetworkBackend):
+        def connect_tcp(  # type: ignore[override]
+            self, host: str, port: int, timeout: Optional[float] = None, **kwargs: Any
+        ) -> Any:
+            left = _time_left(deadline, timeout, httpcore.ConnectTimeout)
+            return _DeadlineStream(base.connect_tcp(host, port, left, **kwargs), deadline)
+
+        def connect_unix_socket(  # type: ignore[override]
+            self, path: str, timeout: Optional[float] = None, **kwargs: Any
+        ) -> Any:
+            left = _time_left(deadline, timeout, httpcore.ConnectTimeout)
+            return _DeadlineStream(base.connect_unix_socket(path, left, **kwargs), deadline)
+
+        def sleep(self, seconds: float) -> None:
+            base.sleep(seconds)
+
+    transport = httpx.HTTPTransport(retries=0)
+    pool = getattr(transport, "_pool", None)
+    if isinstance(pool, httpcore.ConnectionPool):
+        # httpx has no public way to pass a network backend; this is the one
+        # place that relies on its internals, and without it each phase still
+        # gets at most the time left (only a trickling server could then overrun).
+        transport._pool = httpcore.ConnectionPool(  # type: ignore[attr-defined]
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=10,
+            max_keepalive_connections=10,
+            keepalive_expiry=5.0,
+            network_backend=Backend(),
+        )
+    return transport
 
 
 class Client:
@@ -47,9 +178,11 @@ class Client:
 
     url (str): Base URL, e.g. ``http://127.0.0.1:8000``.
     token (Optional[str]): Bearer token, if the server requires one.
-    timeout (float): Seconds allowed to connect, and to wait for each read.
-    retries (int): Extra attempts after a connection error or a 503.
-    backoff (float): First wait between attempts, doubled each time.
+    timeout (float): Seconds each call may take in all (connecting, sending,
+        reading, retries and backoff included).
+    retries (int): Extra attempts after a connection error, a dropped
+        connection or a 503, while the deadline allows.
+    backoff (float): First wait between attempts, doubled each time (with jitter).
     """
 
     def __init__(
@@ -60,25 +193,27 @@ class Client:
         retries: int = 2,
         backoff: float = 0.2,
     ) -> None:
-        if timeout <= 0:
+        if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if backoff < 0:
+            raise ValueError(f"backoff must be >= 0, got {backoff}")
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
+        self._local = threading.local()
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        # Explicit timeouts for every phase: httpx's default pool timeout is
-        # also bounded, but say it here so no phase can wait forever.
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
-            timeout=httpx.Timeout(
-                timeout, connect=timeout, read=timeout, write=timeout, pool=timeout
-            ),
+            timeout=httpx.Timeout(self.timeout),
+            transport=_deadline_transport(lambda: getattr(self._local, "deadline", None)),
             trust_env=False,
         )
 
@@ -99,10 +234,20 @@ class Client:
         model (Optional[str]): Model name; the server's default if None.
         RETURNS (List[Dict[str, Any]]): Per text, in order: ``{"cats", "label", "score"}``.
         """
-        body: Dict[str, Any] = {"texts": _as_list(texts)}
+        items = _as_list(texts)
+        body: Dict[str, Any] = {"texts": items}
         if model is not None:
             body["model"] = model
-        return self._request("POST", "/classify", json=body)["results"]
+        url = f"{self.url}/classify"
+        results = _field(self._request("POST", "/classify", json=body), "results", list, url)
+        if len(results) != len(items):
+            raise ClientResponseError(
+                200, f"expected {len(items)} results, got {len(results)}", url
+            )
+        for result in results:
+            if not isinstance(result, dict) or not isinstance(result.get("cats"), dict):
+                raise ClientResponseError(200, "a result has no 'cats' object", url)
+        return results
 
     def encode(
         self, texts: Sequence[str], model: Optional[str] = None, pooling: str = "mean"
@@ -114,83 +259,126 @@ class Client:
         pooling (str): "mean" or "max".
         RETURNS (List[List[float]]): One vector per text, in order.
         """
-        body: Dict[str, Any] = {"texts": _as_list(texts), "pooling": pooling}
+        items = _as_list(texts)
+        body: Dict[str, Any] = {"texts": items, "pooling": pooling}
         if model is not None:
             body["model"] = model
-        return self._request("POST", "/encode", json=body)["vectors"]
+        url = f"{self.url}/encode"
+        vectors = _field(self._request("POST", "/encode", json=body), "vectors", list, url)
+        if len(vectors) != len(items) or not all(isinstance(v, list) for v in vectors):
+            raise ClientResponseError(200, f"expected {len(items)} vectors", url)
+        return vectors
 
     def status(self) -> Dict[str, Any]:
         """Models, versions, labels, counts and latency percentiles.
 
         RETURNS (Dict[str, Any]): The body of ``GET /status``.
         """
-        return self._request("GET", "/status")
+        return _object(self._request("GET", "/status"), f"{self.url}/status")
 
     def health(self) -> Dict[str, Any]:
         """Liveness check.
 
         RETURNS (Dict[str, Any]): The body of ``GET /health``.
         """
-        return self._request("GET", "/health")
+        return _object(self._request("GET", "/health"), f"{self.url}/health")
 
     def ready(self) -> bool:
         """Whether every model is loaded (no retries: a 503 means "not yet").
 
-        RETURNS (bool): True once ``GET /ready`` answers 200.
+        RETURNS (bool): True once ``GET /ready`` answers 200; False on any
+            other answer or failure within the deadline.
         """
+        self._local.deadline = time.monotonic() + self.timeout
         try:
             response = self._http.get("/ready")
         except httpx.HTTPError:
             return False
+        finally:
+            self._local.deadline = None
         return response.status_code == 200
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self.url}{path}"
+        deadline = time.monotonic() + self.timeout
+        self._local.deadline = deadline
+        try:
+            return self._attempts(method, path, url, deadline, **kwargs)
+        finally:
+            self._local.deadline = None
+
+    def _attempts(self, method: str, path: str, url: str, deadline: float, **kwargs: Any) -> Any:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TimeoutException as err:
-                # A read timeout means the server took the request: retrying
-                # would multiply the wait, so give up at once. Connect
-                # timeouts are connection errors and do get retried.
                 if isinstance(err, httpx.ConnectTimeout) and not last:
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
+                    if self._pause(delay, deadline):
+                        delay *= 2
+                        continue
                 raise ClientTimeoutError(
                     None, f"no answer within {self.timeout}s ({type(err).__name__})", url
                 ) from err
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as err:
-                if not last:
-                    time.sleep(delay)
+            except _RETRYABLE as err:
+                if not last and self._pause(delay, deadline):
                     delay *= 2
                     continue
+                if time.monotonic() >= deadline:
+                    raise ClientTimeoutError(
+                        None, f"no answer within {self.timeout}s", url
+                    ) from err
                 raise ClientConnectionError(
-                    None, f"cannot reach the server after {attempt + 1} attempt(s): {err}", url
+                    None,
+                    f"cannot reach the server after {attempt + 1} attempt(s): "
+                    f"{type(err).__name__}: {err}",
+                    url,
                 ) from err
             except httpx.HTTPError as err:
                 raise ClientError(None, f"{type(err).__name__}: {err}", url) from err
             if response.status_code == 503 and not last:
-                time.sleep(_retry_after(response, delay))
-                delay *= 2
-                continue
+                if self._pause(_retry_after(response, delay), deadline):
+                    delay *= 2
+                    continue
             if response.status_code >= 400:
-                raise ClientError(response.status_code, _detail(response), url)
+                raise ClientStatusError(response.status_code, _detail(response), url)
             try:
                 return response.json()
             except ValueError as err:
-                raise ClientError(
+                raise ClientResponseError(
                     response.status_code, "the server sent invalid JSON", url
                 ) from err
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _pause(delay: float, deadline: float) -> bool:
+        """Sleep before the next attempt. RETURNS (bool): False if no time is left for one."""
+        # Full jitter, so clients that failed together do not retry together.
+        wait = delay * random.uniform(0.5, 1.0)
+        if time.monotonic() + wait >= deadline:
+            return False
+        time.sleep(wait)
+        return True
 
 
 def _as_list(texts: Sequence[str]) -> List[str]:
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string")
     return list(texts)
+
+
+def _object(body: Any, url: str) -> Dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ClientResponseError(200, f"expected a JSON object, got {type(body).__name__}", url)
+    return body
+
+
+def _field(body: Any, name: str, kind: type, url: str) -> Any:
+    value = _object(body, url).get(name)
+    if not isinstance(value, kind):
+        raise ClientResponseError(200, f"the answer has no {name!r} {kind.__name__}", url)
+    return value
 
 
 def _detail(response: httpx.Response) -> str:

@@ -9,7 +9,12 @@ restarts replicas that die.
 Batching: each replica batches with the app's own per-model worker (requests
 that arrive within ``batch_wait_ms`` share one ``nlp.pipe`` call, up to
 ``max_batch_size`` texts), exactly as the local server does, so ``max_queue``
-503s and the batching numbers in ``/status`` mean the same on Ray. Ray's
+503s and the batching numbers in ``/status`` mean the same on Ray. As there,
+each model runs in a worker process of the replica (``inference="process"``),
+so a slow request cannot block the replica's event loop and timed-out work is
+stopped. The connection limits of ``serving/connections.py`` do not apply
+(Ray's proxy speaks HTTP); the header-count and body-timeout checks of the
+app do. Ray's
 ``@serve.batch`` is not used: it would either batch a second time in front of
 the app's batcher or need a second deployment behind the API (one more hop and
 a pickled payload per request) for no gain on CPU students.

@@ -354,3 +354,45 @@ def test_transformer_output_pooling() -> None:
     doc._.trf_data = trf
     assert encode_doc(doc, SOURCE_TRANSFORMER, 3, "mean") == [5.25, 6.25, 7.25]
     assert encode_doc(doc, SOURCE_TRANSFORMER, 3, "max") == [7.5, 8.5, 9.5]
+
+
+def test_openapi_security_matches_auth(client: TestClient, auth_client: TestClient) -> None:
+    # No token: no Bearer scheme (it would be a lie, and fuzzers test it).
+    open_schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in open_schema.get("components", {})
+    for methods in open_schema["paths"].values():
+        for operation in methods.values():
+            assert "security" not in operation
+    schema = auth_client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert [s["scheme"].lower() for s in schemes.values()] == ["bearer"]
+    assert schema["paths"]["/classify"]["post"]["security"]
+    assert "security" not in schema["paths"]["/health"]["get"]
+
+
+def test_status_hides_paths_unless_authorised(
+    client: TestClient, auth_client: TestClient, model_dirs: "tuple[Path, Path]"
+) -> None:
+    response = client.get("/status")
+    assert str(model_dirs[0].parent) not in response.text
+    assert response.json()["models"]["student"]["source"] == model_dirs[0].name
+    full = auth_client.get("/status", headers={"Authorization": "Bearer s3cret"}).json()
+    assert full["models"]["student"]["source"] == str(model_dirs[0])
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    from spacy_distill.serving.app import _docs_assets
+
+    docs, redoc = client.get("/docs"), client.get("/redoc")
+    assert docs.status_code == 200 and redoc.status_code == 200
+    for page in (docs.text, redoc.text):
+        # Nothing loaded from elsewhere (the FastAPI defaults use a CDN and Google Fonts).
+        assert "https://" not in page and "http://" not in page
+    if _docs_assets() is None:
+        assert "fastapi-offline" in docs.text and "/classify" in docs.text
+        return
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "/docs-assets/redoc.standalone.js" in redoc.text
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        asset = client.get(f"/docs-assets/{name}")
+        assert asset.status_code == 200 and len(asset.content) > 10_000

@@ -85,3 +85,38 @@ def test_demo_page_scores_side_by_side(live: LiveServer) -> None:
         finally:
             context.close()
     assert (out_dir / "demo.png").stat().st_size > 1000
+
+
+def test_demo_page_cuts_splits_and_clears(tmp_path: Path) -> None:
+    """Long reviews are cut with a note, many lines go in several requests, and a
+    validation message clears the old results."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    student = save_test_pipeline(tmp_path / "student")
+    settings = ServeSettings(max_chars=40, max_texts=2, inference="thread")
+    with LiveServer(create_app({"student": str(student)}, settings)) as server, tempfile.TemporaryDirectory(
+        prefix="chromium-profile-"
+    ) as profile, sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(server.url + "/")
+            long_review = "This blender is great and it crushes ice in seconds, really"
+            page.fill("#texts", f"good\n{long_review}\nawful")
+            page.click("#classify")
+            page.wait_for_selector("#results:not([hidden])")
+            rows = page.locator("#results-body tr")
+            assert rows.count() == 3
+            assert "(cut from 59 to 40 characters)" in rows.nth(1).inner_text()
+            assert all(any(label in rows.nth(i).inner_text() for label in LABELS) for i in range(3))
+            assert "(2 requests)" in page.locator("#timings").inner_text()
+            assert "cut to the server's limit of 40" in page.locator("#message").inner_text()
+            page.fill("#texts", "   ")
+            page.click("#classify")
+            page.wait_for_selector("#results", state="hidden")
+            assert page.locator("#results-body tr").count() == 0
+            assert page.locator("#message").inner_text() == "Type at least one review."
+        finally:
+            context.close()

@@ -124,3 +124,89 @@ def test_serve_rejects_bad_models(app: typer.Typer, model_dir: Path, tmp_path: P
     assert result.exit_code == 1 and "two models are called 'a'" in result.stderr
     result = _run(app, "serve", model_dir, "--max-texts", "0")
     assert result.exit_code != 0
+
+
+def _one_error_line(result) -> str:  # noqa: ANN001 - click Result
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_lone_surrogate_in_jsonl_is_one_line(app: typer.Typer, model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "ok"}\n{"text": "bad \\ud800 text"}\n', encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    result = _run(app, "classify", model_dir, source, "-o", output, "--no-progress")
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "in.jsonl:2" in line and "not valid Unicode" in line
+    assert not output.exists() and not list(tmp_path.glob(".*.tmp"))
+    # The client reads the same way: the error comes before any request.
+    result = _run(app, "client", "classify", "--url", "http://127.0.0.1:9", source)
+    assert result.exit_code == 1
+    assert "in.jsonl:2" in _one_error_line(result)
+
+
+def test_classify_refuses_bad_outputs(app: typer.Typer, model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("great\nawful\n", encoding="utf-8")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me", encoding="utf-8")
+    cases = {
+        "": "empty",
+        str(tmp_path): "is a directory",
+        str(source): "is the input file",
+        str(a_file / "out.jsonl"): "is not a directory",
+        "/proc/no-such-dir/out.jsonl": "cannot create",
+        str(a_file): "exists; add --overwrite",
+    }
+    for output, message in cases.items():
+        result = _run(app, "classify", model_dir, source, "-o", output, "--no-progress")
+        assert result.exit_code == 1, (output, result.output)
+        assert message in _one_error_line(result), output
+    assert source.read_text(encoding="utf-8") == "great\nawful\n"
+    assert a_file.read_text(encoding="utf-8") == "keep me"
+    # A missing parent is created; --overwrite replaces an existing output.
+    nested = tmp_path / "new" / "dir" / "out.jsonl"
+    assert _run(app, "classify", model_dir, source, "-o", nested, "--no-progress").exit_code == 0
+    result = _run(app, "classify", model_dir, source, "-o", a_file, "--no-progress", "--overwrite")
+    assert result.exit_code == 0 and len(a_file.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_serve_refuses_a_folder_that_is_not_a_pipeline(app: typer.Typer, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model", encoding="utf-8")
+    result = _run(app, "serve", tmp_path)
+    assert result.exit_code == 1
+    assert "not a spaCy pipeline" in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["serve", "MODEL", "--port", "99999"], "--port"),
+        (["serve", "MODEL", "--port", "0"], "--port"),
+        (["serve", "MODEL", "--log-level", "nosuch"], "--log-level"),
+        (["serve", "MODEL", "--request-timeout", "0"], "--request-timeout"),
+        (["client", "classify", "IN", "--timeout", "0"], "--timeout"),
+        (["client", "classify", "IN", "--retries", "-1"], "--retries"),
+    ],
+)
+def test_argument_ranges(
+    app: typer.Typer, model_dir: Path, tmp_path: Path, args: "list[str]", option: str
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("x\n", encoding="utf-8")
+    args = [str(model_dir) if a == "MODEL" else str(source) if a == "IN" else a for a in args]
+    result = _run(app, *args)
+    # A usage error naming the option: the server never starts on another port.
+    assert result.exit_code == 2, result.output
+    assert option in result.output and "Traceback" not in result.output
+
+
+def test_client_bad_url_is_one_line(app: typer.Typer, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("x\n", encoding="utf-8")
+    result = _run(app, "client", "classify", "--url", "localhost:8000", source)
+    assert result.exit_code == 1
+    assert "http://" in _one_error_line(result)

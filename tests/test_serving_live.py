@@ -112,11 +112,26 @@ def test_async_concurrency_encode(live: LiveServer) -> None:
     assert len({tuple(v) for v in vectors}) > 1
 
 
+FUZZ_TOKEN = "fuzz-token"
+
+
+@pytest.fixture(scope="module")
+def live_token(model_dirs: "tuple[Path, Path]") -> Iterator[LiveServer]:
+    settings = ServeSettings(max_texts=16, max_chars=300, max_body_bytes=20_000, token=FUZZ_TOKEN)
+    app = create_app({"student": str(model_dirs[0]), "bow": str(model_dirs[1])}, settings)
+    with LiveServer(app) as server:
+        yield server
+
+
 @pytest.mark.slow
-def test_fuzz_openapi_no_server_errors(live: LiveServer) -> None:
+@pytest.mark.parametrize("auth", ["no token", "token"])
+def test_fuzz_openapi_no_server_errors(request: pytest.FixtureRequest, auth: str) -> None:
     """Schemathesis (positive and negative cases from the OpenAPI schema) plus
-    raw hypothesis bodies: at least 1,000 requests, none may get a 5xx."""
+    raw hypothesis bodies: at least 1,000 requests, none may get a 5xx; with
+    and without a token (the schema declares Bearer auth only with one)."""
     schemathesis = pytest.importorskip("schemathesis")
+    live: LiveServer = request.getfixturevalue("live" if auth == "no token" else "live_token")
+    auth_headers = {"Authorization": f"Bearer {FUZZ_TOKEN}"} if auth == "token" else {}
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from schemathesis.generation import GenerationMode
@@ -147,7 +162,7 @@ def test_fuzz_openapi_no_server_errors(live: LiveServer) -> None:
         @settings(max_examples=n, **common)
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case: Any) -> None:
-            response = case.call(timeout=20)
+            response = case.call(timeout=20, headers=auth_headers)
             check(
                 response.status_code,
                 f"{case.method} {case.path} {case.body!r:.300}: {response.text[:300]}",
@@ -178,7 +193,7 @@ def test_fuzz_openapi_no_server_errors(live: LiveServer) -> None:
             },
         ).map(lambda v: json.dumps(v).encode()),
     )
-    with httpx.Client(base_url=live.url, timeout=20) as client:
+    with httpx.Client(base_url=live.url, timeout=20, headers=auth_headers) as client:
 
         @settings(max_examples=350, **common)
         @given(path=st.sampled_from(["/classify", "/encode"]), body=bodies, json_type=st.booleans())
@@ -194,7 +209,9 @@ def test_fuzz_openapi_no_server_errors(live: LiveServer) -> None:
     assert not failures, failures[:5]
     assert total >= 1000, counts
     # The workers survived: the server still answers correctly.
-    ok = httpx.post(f"{live.url}/classify", json={"texts": ["still alive"]}, timeout=10)
+    ok = httpx.post(
+        f"{live.url}/classify", json={"texts": ["still alive"]}, timeout=10, headers=auth_headers
+    )
     assert ok.status_code == 200 and len(ok.json()["results"]) == 1
 
 

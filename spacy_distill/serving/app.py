@@ -8,8 +8,11 @@ pipeline exposes (see ``inference.py``).
 
 import asyncio
 import hmac
+import html
+import importlib.util
 import json
 import logging
+import os
 import platform
 import threading
 import time
@@ -39,11 +42,13 @@ from .batching import (
     TASK_CLASSIFY,
     TASK_ENCODE,
     InferenceError,
+    JobExpiredError,
     ModelWorker,
     QueueFullError,
     WorkerClosedError,
 )
-from .inference import ModelInfo, NoVectorsError, describe, load_pipeline
+from .inference import ModelInfo, NoVectorsError
+from .runner import ModelLoadError, ProcessBackend, ThreadBackend
 from .schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -58,6 +63,9 @@ from .settings import ServeSettings
 logger = logging.getLogger("spacy_distill.serving")
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Scope key of the per-request "still arriving" flag (see ServerState.arriving).
+_ARRIVAL_KEY = "spacy_distill.arriving"
+_BATCHED_PATHS = ("/classify", "/encode")
 ModelSource = Union[str, Path, Language]
 # Latencies kept for the /status percentiles (a sliding window, so memory is bounded).
 _LATENCY_WINDOW = 10_000
@@ -67,9 +75,11 @@ _ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         400: "Malformed JSON",
         401: "Missing or wrong bearer token (only when a token is configured)",
         404: "Unknown model",
+        408: "The request body did not arrive within body_timeout_s",
         413: "A size limit was exceeded (body, number of texts, characters per text)",
         422: "Wrong types or missing fields, or the model cannot do this (e.g. no vectors)",
-        503: "Models still loading, overloaded, or shutting down",
+        431: "Too many or too large request headers",
+        503: "Models still loading, overloaded, shutting down, or no result within the timeout",
     }.items()
 }
 
@@ -168,13 +178,23 @@ class ServerState:
         }
         self.metrics = _Metrics()
         self._lock = threading.Lock()
+        # Requests to /classify or /encode being read or validated right now:
+        # a batch waits for more only while this is > 0. Changed on the event
+        # loop only; the batching threads just read it.
+        self.arriving = 0
 
     @property
     def default_model(self) -> str:
         return next(iter(self.sources))
 
+    def _backend(self, name: str, source: ModelSource) -> Union[ProcessBackend, ThreadBackend]:
+        # A Language object cannot be handed to another process; "thread" is opt-in.
+        if isinstance(source, Language) or self.settings.inference == "thread" or os.name != "posix":
+            return ThreadBackend(name, source, self.settings.max_batch_size)
+        return ProcessBackend(name, str(source), self.settings.max_batch_size)
+
     def load_models(self) -> None:
-        """Load and warm up every model and start its worker thread."""
+        """Load and warm up every model and start its batching thread."""
         self.loading = True
         try:
             for name, source in self.sources.items():
@@ -182,16 +202,20 @@ class ServerState:
                     continue
                 label = source if not isinstance(source, Language) else "<object>"
                 logger.info("loading model %s from %s", name, label)
-                nlp = load_pipeline(source)
-                info = describe(name, str(label), nlp)
+                try:
+                    backend = self._backend(name, source)
+                except ModelLoadError as err:
+                    raise ModelLoadError(f"model {name!r} ({label}): {err}") from None
+                info = backend.info
                 self.infos[name] = info
                 worker = ModelWorker(
-                    info,
-                    nlp,
+                    backend,
                     max_batch_size=self.settings.max_batch_size,
                     batch_wait_s=self.settings.batch_wait_ms / 1000.0,
                     max_queue=self.settings.max_queue,
                     observer=self.metrics.observe_batch,
+                    arriving=lambda: self.arriving,
+                    cancel_grace_s=self.settings.cancel_grace_s,
                 )
                 self.metrics.queue_depth.labels(name).set_function(lambda w=worker: w.queue_depth)
                 with self._lock:
@@ -199,6 +223,10 @@ class ServerState:
                 logger.info("model %s ready (labels: %s)", name, ", ".join(info.labels) or "-")
             self.ready.set()
             self.metrics.ready.set(1)
+        except ModelLoadError as err:
+            # Already one line naming the model and the cause.
+            self.load_error = str(err)
+            logger.error("failed to load the models: %s", " ".join(str(err).split()))
         except Exception as err:  # noqa: BLE001 - reported by /ready and the log
             self.load_error = f"{type(err).__name__}: {err}"
             logger.exception("failed to load the models")
@@ -228,6 +256,16 @@ class ServerState:
         missing = [name for name in self.sources if name not in self.workers]
         return f"models still loading: {', '.join(missing)}"
 
+    def arrival_done(self, scope: Dict[str, Any]) -> None:
+        """The request is no longer "arriving" (its job is queued, or it failed).
+
+        scope (Dict[str, Any]): The request's ASGI scope.
+        """
+        flag = scope.get(_ARRIVAL_KEY)
+        if flag is not None and flag["pending"]:
+            flag["pending"] = False
+            self.arriving -= 1
+
     def record(self, path: str, status: int, seconds: float) -> None:
         """Count a finished request (called from the middleware)."""
         with self._lock:
@@ -238,8 +276,12 @@ class ServerState:
         self.metrics.requests.labels(path, str(status)).inc()
         self.metrics.latency.labels(path).observe(seconds)
 
-    def status(self) -> Dict[str, Any]:
-        """The body of ``/status``."""
+    def status(self, show_paths: bool = True) -> Dict[str, Any]:
+        """The body of ``/status``.
+
+        show_paths (bool): Show where models were loaded from (full paths);
+            else only the last path component.
+        """
         with self._lock:
             latencies = {name: _percentiles(values) for name, values in self.latencies.items()}
             by_path = dict(self.requests_by_path)
@@ -250,8 +292,12 @@ class ServerState:
             worker = self.workers.get(name)
             entry: Dict[str, Any] = info.to_dict() if info else {"name": name, "loaded": False}
             entry["loaded"] = worker is not None
+            if not show_paths and entry.get("source"):
+                # Who may not authenticate must not learn the server's file layout.
+                entry["source"] = Path(str(entry["source"])).name
             if worker is not None:
                 entry["batching"] = worker.stats()
+                entry["runtime"] = worker.runtime()
             models[name] = entry
         s = self.settings
         return {
@@ -270,15 +316,24 @@ class ServerState:
                 "batch_wait_ms": s.batch_wait_ms,
                 "max_queue": s.max_queue,
                 "request_timeout_s": s.request_timeout_s,
+                "max_connections": s.max_connections,
+                "max_header_bytes": s.max_header_bytes,
+                "max_headers": s.max_headers,
+                "header_timeout_s": s.header_timeout_s,
+                "body_timeout_s": s.body_timeout_s,
+                "keep_alive_s": s.keep_alive_s,
             },
+            "inference": s.inference,
             "auth": s.token is not None,
             "versions": {"spacy": spacy.__version__, "python": platform.python_version()},
         }
 
 
 class _GuardMiddleware:
-    """Outermost ASGI layer: enforces the body size limit before anything
-    parses the body, and records every request for /status and /metrics."""
+    """Outermost ASGI layer: enforces the header limits, the body size limit
+    and the body timeout before anything parses the body, tracks requests
+    still arriving (for the batcher), and records every request for /status
+    and /metrics."""
 
     def __init__(self, app: Any, state: ServerState, known_paths: Callable[[], "set[str]"]) -> None:
         self.app = app
@@ -294,6 +349,7 @@ class _GuardMiddleware:
             return
         start = time.perf_counter()
         path = scope.get("path", "")
+        settings = self.state.settings
         # Label metrics by route, not raw path, so random paths cannot grow them without bound.
         if self._paths is None:
             self._paths = self.known_paths()
@@ -307,13 +363,35 @@ class _GuardMiddleware:
                 status_holder["status"] = int(message["status"])
             await send(message)
 
+        if scope.get("method") == "POST" and path in _BATCHED_PATHS:
+            scope[_ARRIVAL_KEY] = {"pending": True}
+            self.state.arriving += 1
         try:
-            body, too_big = await _read_body(scope, receive, self.state.settings.max_body_bytes)
+            headers = scope.get("headers") or []
+            # The HTTP protocol (see connections.py) already bounds the head's
+            # size; this also covers servers in front that do not (Ray's proxy).
+            head_bytes = sum(len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > settings.max_headers or head_bytes > settings.max_header_bytes:
+                detail = (
+                    f"request headers exceed the limits max_headers={settings.max_headers} "
+                    f"or max_header_bytes={settings.max_header_bytes}"
+                )
+                await _send_json(send_wrapper, 431, {"detail": detail})
+                return
+            try:
+                body, too_big = await asyncio.wait_for(
+                    _read_body(scope, receive, settings.max_body_bytes), settings.body_timeout_s
+                )
+            except asyncio.TimeoutError:
+                detail = f"request body not received within body_timeout_s={settings.body_timeout_s}"
+                await _send_json(send_wrapper, 408, {"detail": detail}, close=True)
+                return
             if too_big is not None:
                 await _send_json(send_wrapper, 413, {"detail": too_big})
                 return
             await self.app(scope, _replayer(body, receive), send_wrapper)
         finally:
+            self.state.arrival_done(scope)
             self.state.record(label, status_holder["status"], time.perf_counter() - start)
 
 
@@ -368,18 +446,16 @@ def _replayer(
     return replay
 
 
-async def _send_json(send: Any, status: int, body: Dict[str, Any]) -> None:
+async def _send_json(send: Any, status: int, body: Dict[str, Any], close: bool = False) -> None:
     data = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    if close:
+        # The rest of the body may still trickle in: do not keep the connection.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -449,24 +525,38 @@ def create_app(
         ),
         version="0.1.0",
         lifespan=lifespan,
+        # Served below from an installed package: the defaults load a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.serving = state
 
-    bearer = HTTPBearer(auto_error=False, description="Needed only when the server has a token.")
-
-    async def require_token(
-        credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
-    ) -> None:
+    def token_ok(credentials: Optional[HTTPAuthorizationCredentials]) -> bool:
         if settings.token is None:
-            return
+            return True
         given = credentials.credentials if credentials is not None else ""
         # Compare bytes: compare_digest refuses non-ASCII str, and headers can be anything.
-        if credentials is None or not hmac.compare_digest(
+        return credentials is not None and hmac.compare_digest(
             given.encode("utf-8", "surrogateescape"), settings.token.encode("utf-8")
-        ):
-            raise HTTPException(
-                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        )
+
+    if settings.token is not None:
+        # Only a server with a token declares the Bearer scheme in its OpenAPI
+        # schema: a scheme that is not enforced misleads clients and fuzzers.
+        bearer = HTTPBearer(auto_error=False, description="The server's token.")
+
+        async def require_token(
+            credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
+        ) -> None:
+            if not token_ok(credentials):
+                raise HTTPException(
+                    401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
+
+    else:
+
+        async def require_token() -> None:
+            return None
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -482,8 +572,10 @@ def create_app(
         )
 
     async def run_job(
-        worker: ModelWorker, task: str, texts: List[str], pooling: str = "mean"
+        request: Request, worker: ModelWorker, task: str, texts: List[str], pooling: str = "mean"
     ) -> List[Any]:
+        # The timeout counts from here; the worker stops the job's work at it.
+        deadline = time.monotonic() + settings.request_timeout_s
         if len(texts) > settings.max_texts:
             raise HTTPException(
                 413, f"too many texts: {len(texts)} > max_texts={settings.max_texts}"
@@ -502,16 +594,18 @@ def create_app(
                 ) from err
         if not texts:
             return []
+        # Before submitting: the batcher must not wait for this very request.
+        state.arrival_done(request.scope)
         try:
-            future = worker.submit(task, texts, pooling)
+            future = worker.submit(task, texts, pooling, deadline=deadline)
         except QueueFullError as err:
             raise HTTPException(503, f"overloaded: {err}", headers={"Retry-After": "1"}) from err
         except WorkerClosedError as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from err
         wrapped = asyncio.wrap_future(future)
         try:
-            return await asyncio.wait_for(wrapped, timeout=settings.request_timeout_s)
-        except asyncio.TimeoutError as err:
+            return await asyncio.wait_for(wrapped, timeout=max(0.0, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, JobExpiredError) as err:
             raise HTTPException(
                 503,
                 f"no result within request_timeout_s={settings.request_timeout_s}",
@@ -530,10 +624,10 @@ def create_app(
         dependencies=[Depends(require_token)],
         summary="Score texts with a model's text classifier",
     )
-    async def classify(body: ClassifyRequest) -> JSONResponse:
+    async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
         start = time.perf_counter()
         worker = state.worker_for(body.model)
-        results = await run_job(worker, TASK_CLASSIFY, body.texts)
+        results = await run_job(request, worker, TASK_CLASSIFY, body.texts)
         return JSONResponse(
             {
                 "model": worker.info.name,
@@ -549,7 +643,7 @@ def create_app(
         dependencies=[Depends(require_token)],
         summary="Turn texts into fixed-length vectors",
     )
-    async def encode(body: EncodeRequest) -> JSONResponse:
+    async def encode(body: EncodeRequest, request: Request) -> JSONResponse:
         start = time.perf_counter()
         worker = state.worker_for(body.model)
         if worker.info.vector_source is None:
@@ -558,7 +652,7 @@ def create_app(
                 f"model {worker.info.name!r} exposes no vectors: no doc.tensor, "
                 "no transformer output and no word vectors",
             )
-        vectors = await run_job(worker, TASK_ENCODE, body.texts, body.pooling)
+        vectors = await run_job(request, worker, TASK_ENCODE, body.texts, body.pooling)
         return JSONResponse(
             {
                 "model": worker.info.name,
@@ -595,7 +689,8 @@ def create_app(
         summary="Models, counts, latency",
     )
     async def status() -> Dict[str, Any]:
-        return state.status()
+        # Open without a token: then paths stay hidden (only a token authorises them).
+        return state.status(show_paths=settings.token is not None)
 
     @app.get(
         "/metrics",
@@ -615,6 +710,7 @@ def create_app(
         return HTMLResponse(index_html.replace("__AUTH_REQUIRED__", auth))
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_docs(app)
 
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -632,6 +728,82 @@ def create_app(
     # Added last, so it wraps everything (CORS included) and sees raw bodies first.
     app.add_middleware(_GuardMiddleware, state=state, known_paths=known_paths)
     return app
+
+
+def _docs_assets() -> Optional[Path]:
+    """The Swagger UI and ReDoc files shipped by the ``fastapi-offline`` package.
+
+    RETURNS (Optional[Path]): Its static folder, or None if not installed.
+    """
+    try:
+        spec = importlib.util.find_spec("fastapi_offline")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    folder = Path(spec.origin).parent / "static"
+    needed = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+    return folder if all((folder / name).is_file() for name in needed) else None
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` and ``/redoc`` that work offline.
+
+    With the assets of ``fastapi-offline`` (in the ``serve`` extra), the usual
+    Swagger UI and ReDoc pages, loading their scripts from this server. Without
+    them, a plain page listing the endpoints (no script, nothing external).
+    """
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = _docs_assets()
+    title = app.title
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def swagger(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "")
+            return get_swagger_ui_html(
+                openapi_url=f"{root}/openapi.json",
+                title=f"{title} - Swagger UI",
+                swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+                swagger_favicon_url=f"{root}/docs-assets/favicon.png",
+            )
+
+        @app.get("/redoc", include_in_schema=False)
+        async def redoc(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "")
+            return get_redoc_html(
+                openapi_url=f"{root}/openapi.json",
+                title=f"{title} - ReDoc",
+                redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
+                redoc_favicon_url=f"{root}/docs-assets/favicon.png",
+                with_google_fonts=False,
+            )
+
+        return
+
+    async def plain(request: Request) -> HTMLResponse:
+        rows = []
+        for path, methods in app.openapi().get("paths", {}).items():
+            for method, op in methods.items():
+                rows.append(
+                    f"<tr><td><code>{html.escape(method.upper())} {html.escape(path)}</code></td>"
+                    f"<td>{html.escape(str(op.get('summary', '')))}</td></tr>"
+                )
+        page = (
+            f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<h1>{html.escape(title)}</h1><p>The interactive API docs need the "
+            "<code>fastapi-offline</code> package (<code>pip install "
+            "'spacy-distill[serve]'</code>); this server has no such assets and loads "
+            "nothing from the internet. The schema: <a href=openapi.json>openapi.json</a>.</p>"
+            f"<table>{''.join(rows)}</table>"
+        )
+        return HTMLResponse(page)
+
+    app.get("/docs", include_in_schema=False)(plain)
+    app.get("/redoc", include_in_schema=False)(plain)
 
 
 def create_app_from_env() -> FastAPI:

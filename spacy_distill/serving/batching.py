@@ -1,32 +1,52 @@
-"""Dynamic batching: one inference thread per model.
+"""Dynamic batching: one batching thread per model.
 
 Requests put jobs on the model's queue and await a future. The model's thread
-takes the first waiting job, then keeps collecting jobs until the batch holds
-``max_batch_size`` texts or ``batch_wait_ms`` has passed, runs all their texts
-through one ``nlp.pipe`` call and hands each job its own slice of the results.
-Inference thus never runs on the event loop, a model is only ever used from
-one thread (spaCy pipelines are not thread-safe), and concurrent small requests
-share the per-batch overhead.
+takes the first waiting job, then collects more while others are queued, or
+(for at most ``batch_wait_ms``) while requests are still arriving, until the
+batch holds ``max_batch_size`` texts; it hands the batch to the model's
+backend (a worker process by default, see ``runner.py``) and gives each job
+its own slice of the results. With nothing else queued or arriving, a request
+runs at once: a lone client never pays the batch wait. Inference never runs on
+the event loop, a model is only ever used from one thread or process (spaCy
+pipelines are not thread-safe), and concurrent small requests share the
+per-batch overhead.
 """
 
-import copy
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
-from spacy.language import Language
-from spacy.tokens import Doc
-
-from .inference import ModelInfo, NoVectorsError, classify_result, encode_doc, process_texts
+from .inference import ModelInfo, NoVectorsError
+from .runner import (
+    EXPIRED,
+    NO_VECTORS,
+    OK,
+    TASK_CLASSIFY,
+    TASK_ENCODE,
+    BackendFailure,
+    JobSpec,
+    ProcessBackend,
+    ThreadBackend,
+)
 
 logger = logging.getLogger("spacy_distill.serving")
 
-TASK_CLASSIFY = "classify"
-TASK_ENCODE = "encode"
+__all__ = [
+    "TASK_CLASSIFY",
+    "TASK_ENCODE",
+    "QueueFullError",
+    "WorkerClosedError",
+    "InferenceError",
+    "JobExpiredError",
+    "Job",
+    "ModelWorker",
+]
+
+Backend = Union[ProcessBackend, ThreadBackend]
 
 
 class QueueFullError(RuntimeError):
@@ -41,6 +61,10 @@ class InferenceError(RuntimeError):
     """The pipeline raised while processing a job's texts."""
 
 
+class JobExpiredError(TimeoutError):
+    """The job passed its deadline before its results were ready."""
+
+
 @dataclass
 class Job:
     """One request's texts and what to do with them.
@@ -48,12 +72,14 @@ class Job:
     task (str): "classify" or "encode".
     texts (List[str]): The texts.
     pooling (str): Pooling for "encode".
+    deadline (float): ``time.monotonic()`` after which nobody wants the result.
     future (Future): Receives the list of per-text results.
     """
 
     task: str
     texts: List[str]
     pooling: str = "mean"
+    deadline: float = float("inf")
     future: "Future[List[Any]]" = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -62,33 +88,39 @@ BatchObserver = Callable[[str, int, int, float], None]
 
 
 class ModelWorker:
-    """Runs one model's inference in its own thread, batching queued jobs.
+    """Batches one model's jobs in a thread and runs them on its backend.
 
-    info (ModelInfo): The model's description (name, vector source, width).
-    nlp (Language): The pipeline; used only from the worker thread.
-    max_batch_size (int): Most texts per ``nlp.pipe`` batch.
-    batch_wait_s (float): Longest a batch waits for more jobs.
+    backend (Backend): Where the model runs (``ProcessBackend`` or ``ThreadBackend``).
+    max_batch_size (int): Most texts per batch.
+    batch_wait_s (float): Longest a batch waits for requests still arriving.
     max_queue (int): Most jobs waiting; more raise QueueFullError.
     observer (Optional[BatchObserver]): Called after each batch with
         ``(model, n_jobs, n_texts, seconds)`` for metrics.
+    arriving (Optional[Callable[[], int]]): How many requests are being read
+        or validated right now (they may join the batch); None: always wait
+        ``batch_wait_s`` for more, as before.
+    cancel_grace_s (float): A worker process that has not answered this long
+        after the last deadline of its batch is killed and restarted.
     """
 
     def __init__(
         self,
-        info: ModelInfo,
-        nlp: Language,
+        backend: Backend,
         *,
         max_batch_size: int,
         batch_wait_s: float,
         max_queue: int,
         observer: Optional[BatchObserver] = None,
+        arriving: Optional[Callable[[], int]] = None,
+        cancel_grace_s: float = 2.0,
     ) -> None:
-        self.info = info
-        self.nlp = nlp
+        self.backend = backend
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue = max_queue
         self.observer = observer
+        self.arriving = arriving
+        self.cancel_grace_s = cancel_grace_s
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -99,25 +131,45 @@ class ModelWorker:
         self.batched_jobs = 0
         self.max_jobs_per_batch = 0
         self.max_texts_per_batch = 0
+        self.expired_jobs = 0
+        self._last_jobs = 0
         self._thread = threading.Thread(
-            target=self._run, name=f"spacy-distill-{info.name}", daemon=True
+            target=self._run, name=f"spacy-distill-{self.info.name}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's description (from the backend, which may reload it)."""
+        return self.backend.info
 
     @property
     def queue_depth(self) -> int:
         """Jobs waiting (approximate)."""
         return self._queue.qsize()
 
-    def submit(self, task: str, texts: List[str], pooling: str = "mean") -> "Future[List[Any]]":
+    def submit(
+        self,
+        task: str,
+        texts: List[str],
+        pooling: str = "mean",
+        deadline: Optional[float] = None,
+    ) -> "Future[List[Any]]":
         """Queue a job.
 
         task (str): "classify" or "encode".
         texts (List[str]): The texts.
         pooling (str): Pooling for "encode".
+        deadline (Optional[float]): ``time.monotonic()`` after which the
+            result is no longer wanted (work on it stops); None for none.
         RETURNS (Future[List[Any]]): Resolves to one result per text, in order.
         """
-        job = Job(task=task, texts=texts, pooling=pooling)
+        job = Job(
+            task=task,
+            texts=texts,
+            pooling=pooling,
+            deadline=float("inf") if deadline is None else deadline,
+        )
         with self._lock:
             if self._closed:
                 raise WorkerClosedError("the server is shutting down")
@@ -129,7 +181,7 @@ class ModelWorker:
         return job.future
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Stop taking jobs, finish the queued ones, and stop the thread.
+        """Stop taking jobs, finish the queued ones, and stop the thread and backend.
 
         timeout (Optional[float]): Longest to wait for the queue to drain.
         RETURNS (bool): Whether the thread finished within the timeout.
@@ -140,7 +192,21 @@ class ModelWorker:
                 # The sentinel queues behind every accepted job, so they all run.
                 self._queue.put(None)
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        finished = not self._thread.is_alive()
+        # The thread stops the backend itself; if it did not finish, do it here
+        # so no worker process outlives the server.
+        if not finished:
+            self.backend.close(timeout=1.0)
+        return finished
+
+    def _more_may_come(self) -> bool:
+        # Requests being read or validated right now will join; and after a
+        # batch that several requests shared, clients are likely to send again
+        # at once (closed loops), so wait for them too. A lone client (its
+        # batches hold one request) and nothing arriving: run at once.
+        if self.arriving is None or self.arriving() > 0:
+            return True
+        return self._last_jobs > 1
 
     def _next_batch(self) -> "tuple[List[Job], bool]":
         """Collect one batch. Returns the jobs and whether to stop afterwards."""
@@ -154,15 +220,19 @@ class ModelWorker:
         n_texts = len(first.texts)
         deadline = time.perf_counter() + self.batch_wait_s
         while n_texts < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
             try:
-                job = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                # Nothing queued: wait only while requests are on their way.
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or not self._more_may_come():
+                    break
+                # A put wakes this at once; a request that fails validation
+                # instead costs at most the rest of batch_wait (as before).
+                try:
+                    job = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
             if job is None:
                 return batch, True
             if n_texts + len(job.texts) > self.max_batch_size:
@@ -175,86 +245,64 @@ class ModelWorker:
 
     def _run(self) -> None:
         stop = False
-        while not stop:
-            batch: List[Job] = []
-            try:
-                batch, stop = self._next_batch()
-                # Requests that gave up (timeout, client gone) are skipped.
-                batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-                if batch:
-                    self._process(batch)
-            except BaseException:  # noqa: BLE001 - the worker must never die
-                logger.exception("unexpected error in the %s worker", self.info.name)
-                # Nobody may wait forever on a job the error left unanswered.
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            InferenceError("internal error in the model worker")
-                        )
-
-    def _run_pipeline(self, texts: List[str]) -> List[Optional[Doc]]:
-        return process_texts(self.nlp, texts, self.max_batch_size)
+        try:
+            while not stop:
+                batch: List[Job] = []
+                try:
+                    batch, stop = self._next_batch()
+                    self._last_jobs = len(batch)
+                    # Requests that gave up (timeout, client gone) are skipped.
+                    batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    if batch:
+                        self._process(batch)
+                except BaseException:  # noqa: BLE001 - the worker must never die
+                    logger.exception("unexpected error in the %s worker", self.info.name)
+                    # Nobody may wait forever on a job the error left unanswered.
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(
+                                InferenceError("internal error in the model worker")
+                            )
+        finally:
+            self.backend.close()
 
     def _process(self, batch: List[Job]) -> None:
         start = time.perf_counter()
-        texts = [text for job in batch for text in job.texts]
-        try:
-            docs = self._run_pipeline(texts)
-        except Exception:  # noqa: BLE001 - isolate the job that broke the batch
-            if len(batch) == 1:
-                logger.exception("model %s failed on a batch", self.info.name)
-                batch[0].future.set_exception(
-                    InferenceError("the model raised an error on these texts")
-                )
-            else:
-                # Re-run each job alone so one bad request does not fail the others.
-                for job in batch:
-                    self._process_alone(job)
-            self._observe(batch, len(texts), start)
-            return
-        offset = 0
+        now = time.monotonic()
+        live: List[Job] = []
         for job in batch:
-            job_docs = docs[offset : offset + len(job.texts)]
-            offset += len(job.texts)
-            self._resolve(job, job_docs)
-        self._observe(batch, len(texts), start)
-
-    def _process_alone(self, job: Job) -> None:
-        try:
-            docs = self._run_pipeline(job.texts)
-        except Exception:  # noqa: BLE001
-            logger.exception("model %s failed on a request", self.info.name)
-            job.future.set_exception(InferenceError("the model raised an error on these texts"))
-            return
-        self._resolve(job, docs)
-
-    def _resolve(self, job: Job, docs: List[Optional[Doc]]) -> None:
-        info = self.info
-        try:
-            if job.task == TASK_CLASSIFY:
-                results: List[Any] = [
-                    classify_result(doc) if doc is not None else copy.deepcopy(info.empty_result)
-                    for doc in docs
-                ]
-            elif job.task == TASK_ENCODE:
-                if info.vector_source is None:
-                    raise NoVectorsError(
-                        f"model {info.name!r} exposes no vectors: no doc.tensor, "
-                        "no transformer output and no word vectors"
-                    )
-                zeros = [0.0] * info.vector_width
-                results = [
-                    encode_doc(doc, info.vector_source, info.vector_width, job.pooling)
-                    if doc is not None
-                    else list(zeros)
-                    for doc in docs
-                ]
+            if job.deadline <= now:
+                self.expired_jobs += 1
+                job.future.set_exception(JobExpiredError("the request timed out in the queue"))
             else:
-                raise ValueError(f"unknown task {job.task!r}")
-        except Exception as err:  # noqa: BLE001 - reported to that request only
-            job.future.set_exception(err)
+                live.append(job)
+        if not live:
             return
-        job.future.set_result(results)
+        specs = [JobSpec(job.task, job.texts, job.pooling, job.deadline - now) for job in live]
+        kill_at = max(job.deadline for job in live) + self.cancel_grace_s
+        n_texts = sum(len(job.texts) for job in live)
+        try:
+            outcomes = self.backend.run(specs, kill_at)
+        except BackendFailure as err:
+            for job in live:
+                if err.expired:
+                    self.expired_jobs += 1
+                    job.future.set_exception(JobExpiredError(str(err)))
+                else:
+                    job.future.set_exception(InferenceError(str(err)))
+            self._observe(live, n_texts, start)
+            return
+        for job, (kind, payload) in zip(live, outcomes):
+            if kind == OK:
+                job.future.set_result(payload)
+            elif kind == EXPIRED:
+                self.expired_jobs += 1
+                job.future.set_exception(JobExpiredError("the request timed out"))
+            elif kind == NO_VECTORS:
+                job.future.set_exception(NoVectorsError(payload))
+            else:
+                job.future.set_exception(InferenceError(str(payload)))
+        self._observe(live, n_texts, start)
 
     def _observe(self, batch: List[Job], n_texts: int, start: float) -> None:
         self.batches += 1
@@ -281,4 +329,16 @@ class ModelWorker:
             "max_texts_per_batch": self.max_texts_per_batch,
             "max_requests_per_batch": self.max_jobs_per_batch,
             "queue_depth": self.queue_depth,
+            "expired_requests": self.expired_jobs,
+        }
+
+    def runtime(self) -> Dict[str, Any]:
+        """Where the model runs, for ``/status``.
+
+        RETURNS (Dict[str, Any]): Backend kind, restarts, process facts.
+        """
+        return {
+            "backend": self.backend.kind,
+            "restarts": self.backend.restarts,
+            **self.backend.process,
         }

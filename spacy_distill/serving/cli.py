@@ -5,24 +5,102 @@ Heavy imports (spaCy, FastAPI, uvicorn) happen inside the commands, so the
 ``python -m spacy_distill.serving.cli`` too.
 """
 
+import functools
 import ipaddress
 import json
 import logging
 import os
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
+import click
 import typer
 
 from .settings import TOKEN_ENV_VAR
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+
+class LogLevel(str, Enum):
+    """Log levels (uvicorn's)."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
+class Inference(str, Enum):
+    """Where models run."""
+
+    process = "process"
+    thread = "thread"
+
+DEBUG_HELP = "Show the traceback of unexpected errors (by default: one line)."
 
 
 def _fail(message: str) -> "typer.Exit":
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
+
+
+def _one_line_errors(func: F) -> F:
+    """Turn unexpected exceptions of a command into one ``error:`` line.
+
+    The command must take a ``debug`` keyword argument; with ``--debug`` the
+    exception (and its traceback) propagates instead.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as err:  # noqa: BLE001 - the point of this wrapper
+            if kwargs.get("debug"):
+                raise
+            text = str(err).strip().splitlines()
+            detail = f": {text[0]}" if text else ""
+            raise _fail(f"{type(err).__name__}{detail} (--debug shows the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_output_path(output: Path, inputs: Sequence[Path] = ()) -> Path:
+    """Refuse an output path that cannot be written as a file, or is an input.
+
+    output (Path): The output file.
+    inputs (Sequence[Path]): Files the command reads (never overwritten).
+    RETURNS (Path): The output path.
+    """
+    if str(output) in ("", "."):
+        raise ValueError("the output path is empty")
+    if output.is_dir():
+        raise ValueError(f"{output} is a directory; give a file name")
+    if output.exists() and not output.is_file():
+        raise ValueError(f"{output} exists and is not a regular file")
+    for path in inputs:
+        if path.exists() and output.exists() and os.path.samefile(path, output):
+            raise ValueError(f"{output} is the input file; write the output elsewhere")
+    parent = output.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create {output}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {output}: {existing} is not writable")
+    return output
 
 
 def _chunks(items: Iterator[T], size: int) -> Iterator[List[T]]:
@@ -60,9 +138,15 @@ def parse_models(specs: List[str]) -> Dict[str, str]:
         name, source = parse_model_spec(spec)
         if name in models:
             raise ValueError(f"two models are called {name!r}; name them with NAME=PATH")
-        if not Path(source).exists() and not spacy.util.is_package(source):
+        path = Path(source)
+        if not path.exists() and not spacy.util.is_package(source):
             raise ValueError(
                 f"model {name!r}: {source!r} is neither a path nor an installed package"
+            )
+        if path.exists() and not (path / "config.cfg").is_file():
+            raise ValueError(
+                f"model {name!r}: {source} is not a spaCy pipeline (no config.cfg in it); "
+                "give the folder that `spacy train` or `nlp.to_disk` wrote"
             )
         models[name] = source
     return models
@@ -75,7 +159,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Interface to bind; loopback unless you mean it."
     ),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     workers: int = typer.Option(
         1, "--workers", min=1, help="uvicorn worker processes (each loads every model)."
     ),
@@ -94,7 +178,36 @@ def serve(
         1024, "--max-queue", min=1, help="Most waiting requests per model before 503."
     ),
     request_timeout: float = typer.Option(
-        60.0, "--request-timeout", help="Longest a request waits for results (s)."
+        60.0,
+        "--request-timeout",
+        min=0.001,
+        help="Longest a request waits for results (s); its work is stopped then.",
+    ),
+    max_connections: int = typer.Option(
+        512, "--max-connections", min=1, help="Most open connections; more get 503 and are closed."
+    ),
+    max_header_bytes: int = typer.Option(
+        16_384, "--max-header-bytes", min=256, help="Largest request head (431 above)."
+    ),
+    max_headers: int = typer.Option(
+        100, "--max-headers", min=1, help="Most request header fields (431 above)."
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        "--header-timeout",
+        min=0.001,
+        help="Longest from a request's first byte to the end of its headers (s; 408 after).",
+    ),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", min=0.001, help="Longest to receive a request body (s; 408 after)."
+    ),
+    keep_alive: float = typer.Option(
+        5.0, "--keep-alive", min=0.001, help="Idle connections are closed after this long (s)."
+    ),
+    inference: Inference = typer.Option(
+        Inference.process,
+        "--inference",
+        help="Run each model in a worker process (isolated, default) or in a thread.",
     ),
     token: Optional[str] = typer.Option(
         None,
@@ -105,7 +218,9 @@ def serve(
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow this CORS origin (repeatable). CORS is off without it."
     ),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    log_level: LogLevel = typer.Option(
+        LogLevel.info, "--log-level", case_sensitive=False, help="Log level."
+    ),
     access_log: bool = typer.Option(
         False, "--access-log/--no-access-log", help="Log every request."
     ),
@@ -116,9 +231,43 @@ def serve(
         None, "--address", help="With --ray: the cluster address (e.g. 10.0.0.1:6379); default: start or join a local Ray."
     ),
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: number of replicas."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Serve spaCy text classifiers over HTTP (classify, encode, status, metrics, demo page)."""
+    _one_line_errors(_serve)(**{k: v for k, v in locals().items()})
+
+
+def _serve(
+    models: List[str],
+    host: str,
+    port: int,
+    workers: int,
+    max_batch_size: int,
+    batch_wait_ms: float,
+    max_texts: int,
+    max_chars: int,
+    max_body_bytes: int,
+    max_queue: int,
+    request_timeout: float,
+    max_connections: int,
+    max_header_bytes: int,
+    max_headers: int,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive: float,
+    inference: Inference,
+    token: Optional[str],
+    cors_origin: Optional[List[str]],
+    log_level: LogLevel,
+    access_log: bool,
+    ray: bool,
+    address: Optional[str],
+    replicas: int,
+    debug: bool,
+) -> None:
     from .settings import ServeSettings
+
+    level = LogLevel(log_level).value
 
     try:
         model_map = parse_models(models)
@@ -133,6 +282,13 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_queue=max_queue,
             request_timeout_s=request_timeout,
+            max_connections=max_connections,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            keep_alive_s=keep_alive,
+            inference=Inference(inference).value,
             token=token,
             cors_origins=list(cors_origin or []),
             # Load before accepting requests: a bad model fails the start
@@ -147,7 +303,7 @@ def serve(
             err=True,
         )
     logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s"
+        level=getattr(logging, level.upper(), 5), format="%(levelname)s: %(message)s"
     )
     if ray:
         try:
@@ -159,7 +315,18 @@ def serve(
             model_map, settings, address=address, replicas=replicas, host=host, port=port, blocking=True
         )
         return
-    run_uvicorn(model_map, settings, log_level=log_level, access_log=access_log)
+    run_uvicorn(model_map, settings, log_level=level, access_log=access_log)
+
+
+def _preload(app: Any) -> None:
+    """Load the models before uvicorn starts, so a model that fails to load
+    is one error line and exit code 1, not a lifespan traceback."""
+    state = app.state.serving
+    state.load_models()
+    if state.load_error:
+        state.close()
+        # One line, even for spaCy's multi-line config errors.
+        raise _fail(f"cannot load the models: {' '.join(state.load_error.split())}")
 
 
 def run_uvicorn(
@@ -178,11 +345,10 @@ def run_uvicorn(
     import uvicorn
 
     from .app import create_app
+    from .connections import protocol_class, uvicorn_config
     from .settings import dump_config_to_env
 
     common: Dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
         "log_level": log_level,
         "access_log": access_log,
         "lifespan": "on",
@@ -190,16 +356,27 @@ def run_uvicorn(
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
     }
     if settings.workers > 1:
-        # Worker processes rebuild the app from the environment.
+        # Worker processes rebuild the app, and the protocol its limits, from the environment.
         dump_config_to_env(models, settings)
         uvicorn.run(
             "spacy_distill.serving.app:create_app_from_env",
             factory=True,
             workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            http=protocol_class(),
+            timeout_keep_alive=settings.keep_alive_s,
+            h11_max_incomplete_event_size=settings.max_header_bytes,
             **common,
         )
-    else:
-        uvicorn.run(create_app(models, settings), **common)
+        return
+    app = create_app(models, settings)
+    _preload(app)
+    server = uvicorn.Server(uvicorn_config(app, settings, **common))
+    server.run()
+    if not server.started:
+        # Startup failed (port taken, a model that does not load): uvicorn logged why.
+        raise SystemExit(1)
 
 
 def classify_file(
@@ -218,53 +395,97 @@ def classify_file(
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar on stderr."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the output file if it exists."
+    ),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Score a file offline with a pipeline; write one JSON object per text."""
-    import spacy
-    from tqdm import tqdm
+    _one_line_errors(_classify_file)(**{k: v for k, v in locals().items()})
 
-    from .inference import classify_result, empty_classify_result, process_texts
-    from .textfiles import InputError, iter_records, record_to_dict
 
+def _classify_file(
+    model: str,
+    input_path: Path,
+    output: Path,
+    batch_size: int,
+    text_field: str,
+    progress: bool,
+    overwrite: bool,
+    debug: bool,
+) -> None:
+    import signal
+
+    from .textfiles import InputError, iter_records
+
+    try:
+        check_output_path(output, [input_path])
+    except ValueError as err:
+        raise _fail(f"-o/--output: {err}") from None
+    if output.exists() and not overwrite:
+        raise _fail(f"-o/--output: {output} exists; add --overwrite to replace it")
     try:
         records = iter_records(input_path, text_field)
         first = next(records, None)  # surface "no such file" before loading the model
     except InputError as err:
         raise _fail(str(err)) from None
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _fail(f"-o/--output: cannot create {output.parent}: {err.strerror}") from None
+    import spacy
+
+    try:
         nlp = spacy.load(model)
     except (OSError, ValueError, ImportError) as err:
-        raise _fail(f"cannot load model {model!r}: {err}") from None
-    empty = empty_classify_result(nlp)
+        raise _fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}") from None
 
     def all_records() -> Iterator[Any]:
         if first is not None:
             yield first
             yield from records
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     # Same directory, so the final rename is atomic and never crosses filesystems.
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    n = 0
+    # SIGTERM (a scheduler stopping the job) runs the clean-up below, like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        with (
-            tmp.open("w", encoding="utf-8") as out,
-            tqdm(unit=" texts", desc="classify", disable=not progress, file=sys.stderr) as bar,
-        ):
-            for chunk in _chunks(all_records(), batch_size):
-                docs = process_texts(nlp, [r.text for r in chunk], batch_size)
-                for record, doc in zip(chunk, docs):
-                    result = classify_result(doc) if doc is not None else dict(empty)
-                    out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
-                n += len(chunk)
-                bar.update(len(chunk))
+        n = _write_scores(nlp, all_records(), tmp, batch_size, progress)
         os.replace(tmp, output)
     except InputError as err:
         raise _fail(str(err)) from None
+    except OSError as err:
+        raise _fail(f"-o/--output: cannot write {output}: {err.strerror or err}") from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if tmp.exists():
             tmp.unlink()
     typer.echo(f"wrote {n} results to {output}", err=True)
+
+
+def _write_scores(
+    nlp: Any, records: Iterator[Any], tmp: Path, batch_size: int, progress: bool
+) -> int:
+    """Score records into ``tmp``; RETURNS (int): how many."""
+    from tqdm import tqdm
+
+    from .inference import classify_result, empty_classify_result, process_texts
+    from .textfiles import record_to_dict
+
+    empty = empty_classify_result(nlp)
+    n = 0
+    with (
+        tmp.open("w", encoding="utf-8") as out,
+        tqdm(unit=" texts", desc="classify", disable=not progress, file=sys.stderr) as bar,
+    ):
+        for chunk in _chunks(records, batch_size):
+            docs = process_texts(nlp, [r.text for r in chunk], batch_size)
+            for record, doc in zip(chunk, docs):
+                result = classify_result(doc) if doc is not None else dict(empty)
+                out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
+            n += len(chunk)
+            bar.update(len(chunk))
+    return n
 
 
 def client_classify(
@@ -279,17 +500,41 @@ def client_classify(
     batch_size: int = typer.Option(
         64, "--batch-size", min=1, help="Texts per request (keep <= the server's max_texts)."
     ),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+    timeout: float = typer.Option(
+        30.0, "--timeout", min=0.001, help="Seconds each request may take in all (retries included)."
+    ),
+    retries: int = typer.Option(
+        2, "--retries", min=0, help="Extra attempts after connection errors and 503s."
+    ),
     text_field: str = typer.Option(
         "text", "--text-field", help="JSONL field / CSV column with the text."
     ),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Score a file with a running server; print one JSON object per text."""
+    _one_line_errors(_client_classify)(**{k: v for k, v in locals().items()})
+
+
+def _client_classify(
+    input_path: Path,
+    url: str,
+    token: Optional[str],
+    model: Optional[str],
+    batch_size: int,
+    timeout: float,
+    retries: int,
+    text_field: str,
+    debug: bool,
+) -> None:
     from ..client import Client, ClientError
     from .textfiles import InputError, iter_records, record_to_dict
 
     try:
-        with Client(url, token=token, timeout=timeout) as client:
+        client = Client(url, token=token, timeout=timeout, retries=retries)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    try:
+        with client:
             for chunk in _chunks(iter_records(input_path, text_field), batch_size):
                 results = client.classify([r.text for r in chunk], model=model)
                 for record, result in zip(chunk, results):

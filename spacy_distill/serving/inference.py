@@ -293,12 +293,17 @@ def process_texts(nlp: Language, texts: Sequence[str], batch_size: int) -> List[
     one empty text must not fail a whole batch, so such texts are not run:
     their slot holds None (see ``empty_classify_result``).
 
+    Texts pass through ``bound_tokenizer_cost`` first (as in the server), so a
+    hostile file cannot stall the tokenizer and results match the server's.
+
     nlp (Language): The pipeline.
     texts (Sequence[str]): The texts.
     batch_size (int): ``nlp.pipe`` batch size.
     RETURNS (List[Optional[Doc]]): One processed doc (or None) per text, in order.
     """
-    docs = [nlp.make_doc(text) for text in texts]
+    from .textguard import bound_tokenizer_cost
+
+    docs = [nlp.make_doc(bound_tokenizer_cost(text)) for text in texts]
     processed = iter(nlp.pipe([doc for doc in docs if len(doc) > 0], batch_size=batch_size))
     return [next(processed) if len(doc) > 0 else None for doc in docs]
 

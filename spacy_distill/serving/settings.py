@@ -36,6 +36,22 @@ class ServeSettings:
     load_in_background (bool): Load models given as paths in a thread after
         startup, so ``/health`` answers at once and ``/ready`` says when the
         models are in.
+    inference (str): "process" (default): each model runs in a worker
+        process of its own, so no request can block the HTTP event loop and
+        timed-out work is stopped; "thread": in a thread of the server
+        process (less memory, no isolation). Pipelines passed as ``Language``
+        objects always run in a thread.
+    cancel_grace_s (float): A worker process still busy this long after the
+        last deadline of its batch is killed and restarted.
+    max_connections (int): Most open HTTP connections; more are answered 503
+        and closed at once.
+    max_header_bytes (int): Largest request head (request line and headers).
+    max_headers (int): Most request header fields.
+    header_timeout_s (float): Longest from a request's first byte to the end
+        of its headers (slow-loris guard); 408 and close after.
+    body_timeout_s (float): Longest to receive a request body; 408 after.
+    keep_alive_s (float): An idle connection (a new one, or between
+        requests) is closed after this long.
     """
 
     host: str = "127.0.0.1"
@@ -51,6 +67,14 @@ class ServeSettings:
     token: Optional[str] = None
     cors_origins: List[str] = field(default_factory=list)
     load_in_background: bool = True
+    inference: str = "process"
+    cancel_grace_s: float = 2.0
+    max_connections: int = 512
+    max_header_bytes: int = 16_384
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -60,14 +84,24 @@ class ServeSettings:
             "max_chars",
             "max_body_bytes",
             "max_queue",
+            "max_connections",
+            "max_header_bytes",
+            "max_headers",
         )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= int(self.port) <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.cancel_grace_s < 0:
+            raise ValueError(f"cancel_grace_s must be >= 0, got {self.cancel_grace_s}")
+        if self.inference not in ("process", "thread"):
+            raise ValueError(f"inference must be 'process' or 'thread', got {self.inference!r}")
         # An empty token would make every request "authenticated"; treat it as none.
         if not self.token:
             self.token = None

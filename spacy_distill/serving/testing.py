@@ -122,13 +122,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LiveServer:
     """Run an ASGI app on a real uvicorn in a background thread, on loopback.
 
+    The server gets the connection limits that ``spacy-distill serve`` uses
+    (``connections.uvicorn_config``), from ``settings`` or the app's own.
+
     app (Any): The ASGI app.
     wait_ready (bool): Also wait until ``/ready`` answers 200.
     timeout (float): Longest to wait for startup (and readiness).
+    settings (Optional[ServeSettings]): Connection limits; default: those
+        of an app made by ``create_app``, else the defaults.
     """
 
-    def __init__(self, app: Any, wait_ready: bool = True, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        wait_ready: bool = True,
+        timeout: float = 60.0,
+        settings: Optional[Any] = None,
+    ) -> None:
         import uvicorn
+
+        from .connections import uvicorn_config
+        from .settings import ServeSettings
 
         self.app = app
         self.wait_ready = wait_ready
@@ -139,8 +153,11 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30
+        if settings is None:
+            serving = getattr(getattr(app, "state", None), "serving", None)
+            settings = getattr(serving, "settings", None) or ServeSettings()
+        config = uvicorn_config(
+            app, settings, log_level="warning", lifespan="on", timeout_graceful_shutdown=30
         )
         self.server = uvicorn.Server(config)
         self._thread: Optional[threading.Thread] = None

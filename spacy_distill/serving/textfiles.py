@@ -105,7 +105,25 @@ def _iter_lines(path: Path, text_field: str, jsonl: bool) -> Iterator[Record]:
             raise InputError(
                 path, number, f"field {text_field!r} must be a string, got {type(text).__name__}"
             )
-        yield Record(number, text, obj.get("id"))
+        record_id = obj.get("id")
+        # JSON escapes can encode lone surrogates ("\\ud800"): no UTF-8 writer or
+        # spaCy hash can take them, so refuse them here, naming the line.
+        for name, value in ((text_field, text), ("id", record_id)):
+            if isinstance(value, str):
+                _check_unicode(path, number, name, value)
+        yield Record(number, text, record_id)
+
+
+def _check_unicode(path: Path, number: int, name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            path,
+            number,
+            f"field {name!r} is not valid Unicode ({err.reason} {value[err.start]!r} "
+            f"at position {err.start})",
+        ) from None
 
 
 def _iter_csv(path: Path, text_field: str) -> Iterator[Record]:

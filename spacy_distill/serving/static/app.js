@@ -49,36 +49,84 @@ function scoreCell(result) {
   return td;
 }
 
+function clearResults() {
+  document.getElementById("timings").replaceChildren();
+  document.getElementById("results-head").replaceChildren();
+  document.getElementById("results-body").replaceChildren();
+  document.getElementById("results").hidden = true;
+}
+
+// Score texts with one model in requests of at most maxTexts texts. A request
+// that fails is retried text by text, so an error lands on its own row only.
+async function classifyModel(model, texts, maxTexts) {
+  const t0 = performance.now();
+  const results = new Array(texts.length).fill(null);
+  const errors = new Array(texts.length).fill(null);
+  let serverMs = 0;
+  for (let start = 0; start < texts.length; start += maxTexts) {
+    const chunk = texts.slice(start, start + maxTexts);
+    try {
+      const body = await api("/classify", { method: "POST", body: JSON.stringify({ texts: chunk, model }) });
+      body.results.forEach((r, i) => { results[start + i] = r; });
+      serverMs += body.elapsed_ms;
+    } catch (err) {
+      if (chunk.length === 1 || /^401/.test(err.message)) {
+        chunk.forEach((_, i) => { errors[start + i] = err.message; });
+        continue;
+      }
+      for (let i = 0; i < chunk.length; i++) {
+        try {
+          const body = await api("/classify", { method: "POST", body: JSON.stringify({ texts: [chunk[i]], model }) });
+          results[start + i] = body.results[0];
+          serverMs += body.elapsed_ms;
+        } catch (one) {
+          errors[start + i] = one.message;
+        }
+      }
+    }
+  }
+  const failed = errors.filter((e) => e !== null).length;
+  return { model, results, errors, failed, serverMs, ms: performance.now() - t0 };
+}
+
 async function classifyAll() {
   message.textContent = "";
-  const texts = document.getElementById("texts").value
+  const lines = document.getElementById("texts").value
     .split("\n").map((t) => t.trim()).filter((t) => t.length > 0);
-  if (texts.length === 0) { message.textContent = "Type at least one review."; return; }
+  if (lines.length === 0) {
+    // Old results would look like answers to the new input.
+    clearResults();
+    message.textContent = "Type at least one review.";
+    return;
+  }
   let status;
   try {
     status = await api("/status");
   } catch (err) {
+    clearResults();
     message.textContent = "Could not read the models: " + err.message;
     return;
   }
+  const limits = status.limits || {};
+  const maxChars = limits.max_chars || 10000;
+  const maxTexts = limits.max_texts || 128;
+  // Reviews over the server's limit are cut (and say so) rather than failing the batch.
+  const texts = lines.map((t) => Array.from(t).slice(0, maxChars).join(""));
+  const cut = lines.map((t, i) => texts[i].length < t.length);
   const models = Object.keys(status.models);
-  const runs = await Promise.all(models.map(async (model) => {
-    const t0 = performance.now();
-    try {
-      const body = await api("/classify", { method: "POST", body: JSON.stringify({ texts, model }) });
-      return { model, body, ms: performance.now() - t0 };
-    } catch (err) {
-      return { model, error: err.message, ms: performance.now() - t0 };
-    }
-  }));
+  const runs = await Promise.all(models.map((model) => classifyModel(model, texts, maxTexts)));
 
   const timings = document.getElementById("timings");
   timings.replaceChildren();
   for (const run of runs) {
-    const text = run.error
-      ? run.model + ": " + run.error
-      : run.model + ": " + run.body.elapsed_ms.toFixed(1) + " ms server, " + run.ms.toFixed(1) + " ms total";
-    timings.appendChild(cell("span", text, run.error ? "timing error" : "timing"));
+    let text = run.model + ": " + run.serverMs.toFixed(1) + " ms server, " + run.ms.toFixed(1) + " ms total";
+    if (lines.length > maxTexts) text += " (" + Math.ceil(lines.length / maxTexts) + " requests)";
+    if (run.failed) text += ", " + run.failed + " failed";
+    timings.appendChild(cell("span", text, run.failed ? "timing error" : "timing"));
+  }
+  const cutCount = cut.filter(Boolean).length;
+  if (cutCount) {
+    message.textContent = cutCount + " review(s) cut to the server's limit of " + maxChars + " characters.";
   }
 
   const head = document.getElementById("results-head");
@@ -88,8 +136,14 @@ async function classifyAll() {
   tbody.replaceChildren();
   texts.forEach((text, i) => {
     const tr = cell("tr");
-    tr.appendChild(cell("td", text, "text"));
-    for (const run of runs) tr.appendChild(scoreCell(run.body ? run.body.results[i] : null));
+    const td = cell("td", text, "text");
+    if (cut[i]) {
+      td.appendChild(cell("div", "(cut from " + Array.from(lines[i]).length + " to " + maxChars + " characters)", "note"));
+    }
+    tr.appendChild(td);
+    for (const run of runs) {
+      tr.appendChild(run.errors[i] !== null ? cell("td", run.errors[i], "error") : scoreCell(run.results[i]));
+    }
     tbody.appendChild(tr);
   });
   document.getElementById("results").hidden = false;
