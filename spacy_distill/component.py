@@ -66,6 +66,7 @@ exclusive_classes = true
 min_n = 1
 max_n = 4
 length = 1048576
+no_output_layer = true
 nO = null
 """
 DEFAULT_DISTILL_MODEL = Config().from_str(DEFAULT_DISTILL_MODEL_CONFIG)["model"]

@@ -105,10 +105,10 @@ def test_ablations(smoke_project):
     assert [v["name"] for v in student["variants"]] == list(experiments["ablation"]["variants"])
     by_name = {v["name"]: v for v in student["variants"]}
     assert by_name["transfer_0"]["train_docs"]["transfer"] == 0
-    assert by_name["default"]["train_docs"]["transfer"] == 10 * len(LANGS)
+    assert by_name["candidate"]["train_docs"]["transfer"] == 10 * len(LANGS)
     assert "augmented" not in by_name["no_augmented"]["train_docs"]
-    # The char n-gram table makes the default larger than the variant without it.
-    assert by_name["default"]["size_bytes"] > by_name["no_char_ngrams"]["size_bytes"]
+    # The char n-gram table makes the candidate larger than the variant without it.
+    assert by_name["candidate"]["size_bytes"] > by_name["no_char_ngrams"]["size_bytes"]
     teacher = json.loads((smoke_project / "metrics" / "teacher_ablation.json").read_text(encoding="utf8"))
     assert [v["name"] for v in teacher["variants"]] == list(experiments["teacher_ablation"]["variants"])
     for rows in (student["variants"], teacher["variants"]):
