@@ -13,10 +13,8 @@ from ablation import variant_overrides
 from common import load_section, run, split_langs, write_json, write_text
 from evaluate_systems import read_test, score
 from spacy.cli._util import parse_config_overrides
-from spacy.tokens import Doc
-from spacy.training import Example
-from spacy.util import fix_random_seed, load_config, load_model_from_config
-from train_teacher import encode, read_gold, targets, train_head
+from spacy.util import load_config
+from train_teacher import encode, fit_teacher
 
 
 def main(
@@ -51,26 +49,14 @@ def main(
         if teacher_model:
             overrides["components.textcat.model.encoder.name"] = teacher_model
         cfg = load_config(teacher_config, overrides=overrides, interpolate=False)
-        head_settings = cfg.interpolate()["head_training"]
-        fix_random_seed(int(head_settings["seed"]))
-        nlp = load_model_from_config(cfg, auto_fill=True, validate=True)
         start = time.perf_counter()
-        train_docs = read_gold(nlp, train_path)
-        dev_docs = read_gold(nlp, dev_path)
-        texts, gold = read_test(test_path, langs)
-        test_docs: List[Doc] = [nlp.make_doc(t) for t in texts]
+        nlp, report = fit_teacher(cfg, cache)
         textcat = nlp.get_pipe("textcat")
-        sample = [Example(nlp.make_doc(d.text), d) for d in train_docs[:8]]
-        nlp.initialize(lambda sample=sample: sample)
         labels = list(textcat.labels)
-        encoder = textcat.model.get_ref("encoder")
         head = textcat.model.get_ref("head")
-        batch_size = int(head_settings["encode_batch_size"])
-        X = encode(encoder, train_docs, batch_size, cache, "train")
-        X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
-        X_test = encode(encoder, test_docs, batch_size, cache, "test")
-        dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
-        report = train_head(head, X, targets(train_docs, labels), X_dev, dev_gold, labels, head_settings)
+        texts, gold = read_test(test_path, langs)
+        batch_size = int(cfg.interpolate()["head_training"]["encode_batch_size"])
+        X_test = encode(textcat.model.get_ref("encoder"), [nlp.make_doc(t) for t in texts], batch_size, cache, "test")
         pred = [labels[i] for i in head.ops.to_numpy(head.predict(X_test)).argmax(axis=1)]
         scores = score(gold, pred, langs, labels)
         rows.append({"name": name, "description": variant.get("description", ""), "dev_macro_f": report["best_dev_macro_f"],

@@ -22,12 +22,13 @@ import numpy
 import spacy
 import typer
 from common import run, write_json
-from evaluate_systems import macro_f
+from evaluate_systems import score
 from spacy.cli._util import parse_config_overrides
+from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import fix_random_seed, load_config, load_model_from_config, registry
-from thinc.api import Model
+from thinc.api import Config, Model
 from tqdm import tqdm
 
 from spacy_distill.io import atomic_path
@@ -84,12 +85,7 @@ def targets(docs: List[Doc], labels: List[str]) -> numpy.ndarray:
 def dev_macro_f(head: Model, X: numpy.ndarray, gold: List[Tuple[str, str]], labels: List[str]) -> float:
     """Mean over languages of the dev macro-F (the measure `evaluate` reports)."""
     pred = [labels[i] for i in head.ops.to_numpy(head.predict(X)).argmax(axis=1)]
-    langs = sorted({lang for lang, _ in gold})
-    scores = []
-    for lang in langs:
-        idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
-        scores.append(macro_f([gold[i][1] for i in idx], [pred[i] for i in idx], labels))
-    return sum(scores) / len(scores)
+    return score(gold, pred, sorted({lang for lang, _ in gold}), labels)["mean"]["macro_f"]
 
 
 def train_head(head: Model, X: numpy.ndarray, Y: numpy.ndarray, X_dev: numpy.ndarray, dev_gold: List[Tuple[str, str]], labels: List[str], settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -128,6 +124,36 @@ def train_head(head: Model, X: numpy.ndarray, Y: numpy.ndarray, X_dev: numpy.nda
     return {"dev_macro_f_by_epoch": history, "best_epoch": best[1], "best_dev_macro_f": best[0]}
 
 
+def fit_teacher(config: Config, cache: Optional[Path]) -> Tuple[Language, Dict[str, Any]]:
+    """Build the teacher from its config, encode its train and dev docs (cached), and
+    train the head, keeping the best dev epoch.
+
+    config (Config): The teacher config, overrides applied, not interpolated.
+    cache (Optional[Path]): Encoder-output cache folder.
+    RETURNS (Tuple[Language, Dict[str, Any]]): The trained pipeline and the training report.
+    """
+    settings = config.interpolate()["head_training"]
+    fix_random_seed(int(settings["seed"]))
+    nlp = load_model_from_config(config, auto_fill=True, validate=True)
+    start = time.perf_counter()
+    paths = config.interpolate()["paths"]
+    train_docs = read_gold(nlp, Path(paths["train"]))
+    dev_docs = read_gold(nlp, Path(paths["dev"]))
+    textcat = nlp.get_pipe("textcat")
+    examples = [Example(nlp.make_doc(d.text), d) for d in train_docs[:8]]
+    nlp.initialize(lambda: examples)
+    labels = list(textcat.labels)
+    encoder = textcat.model.get_ref("encoder")
+    batch_size = int(settings["encode_batch_size"])
+    X = encode(encoder, train_docs, batch_size, cache, "train")
+    X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
+    encode_seconds = time.perf_counter() - start
+    dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
+    report = train_head(textcat.model.get_ref("head"), X, targets(train_docs, labels), X_dev, dev_gold, labels, settings)
+    report.update(n_train=len(train_docs), n_dev=len(dev_docs), encode_seconds=round(encode_seconds, 1), seconds=round(time.perf_counter() - start, 1))
+    return nlp, report
+
+
 def main(
     ctx: typer.Context,
     config_path: Path = typer.Argument(..., help="Teacher config (configs/teacher.cfg)"),
@@ -142,26 +168,7 @@ def main(
     cache (Optional[Path]): Encoder-output cache folder.
     """
     config = load_config(config_path, overrides=parse_config_overrides(ctx.args), interpolate=False)
-    settings = config.interpolate()["head_training"]
-    fix_random_seed(int(settings["seed"]))
-    nlp = load_model_from_config(config, auto_fill=True, validate=True)
-    start = time.perf_counter()
-    paths = config.interpolate()["paths"]
-    train_docs = read_gold(nlp, Path(paths["train"]))
-    dev_docs = read_gold(nlp, Path(paths["dev"]))
-    textcat = nlp.get_pipe("textcat")
-    examples = [Example(nlp.make_doc(d.text), d) for d in train_docs[:8]]
-    nlp.initialize(lambda: examples)
-    labels = list(textcat.labels)
-    encoder = textcat.model.get_ref("encoder")
-    head = textcat.model.get_ref("head")
-    batch_size = int(settings["encode_batch_size"])
-    X = encode(encoder, train_docs, batch_size, cache, "train")
-    X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
-    encode_seconds = time.perf_counter() - start
-    dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
-    report = train_head(head, X, targets(train_docs, labels), X_dev, dev_gold, labels, settings)
-    report.update(n_train=len(train_docs), n_dev=len(dev_docs), encode_seconds=round(encode_seconds, 1), seconds=round(time.perf_counter() - start, 1))
+    nlp, report = fit_teacher(config, cache)
     nlp.meta["performance"] = {"dev_macro_f_mean_over_langs": report["best_dev_macro_f"]}
     with atomic_path(output_dir / "model-best", is_dir=True) as tmp:
         nlp.to_disk(tmp)
