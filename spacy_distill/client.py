@@ -351,12 +351,14 @@ class Client:
                 ) from err
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _pause(delay: float, deadline: float) -> bool:
+    def _pause(self, delay: float, deadline: float) -> bool:
         """Sleep before the next attempt. RETURNS (bool): False if no time is left for one."""
         # Full jitter, so clients that failed together do not retry together.
         wait = delay * random.uniform(0.5, 1.0)
-        if time.monotonic() + wait >= deadline:
+        # An attempt started with only milliseconds left can only time out, and would
+        # replace the real failure (a 503, a reset) by a timeout: keep a tenth of the
+        # call's timeout for it.
+        if time.monotonic() + wait + 0.1 * self.timeout >= deadline:
             return False
         time.sleep(wait)
         return True
