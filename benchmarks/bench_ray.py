@@ -7,7 +7,7 @@ on the same texts in one run so the ratios hold.
 
 The Ray cluster is two nodes (head + worker, one logical CPU each) started with
 ``ray start`` inside a private network namespace that has only loopback (see
-``spacy_distill.ray_cluster``): needs root. Without --model the served model is
+``tests/ray_harness.py``): needs root. Without --model the served model is
 an untrained ``distill_textcat`` student (same architecture and speed as a
 trained one); without --teacher the teacher is MiniLM-L6 with a fresh textcat
 head (from ``bench_student.py``). Every load loop is bounded in requests and time.
@@ -24,18 +24,20 @@ from typing import Any, Dict, List, Optional
 import spacy
 import typer
 
+# This folder (bench_student) and the repository (the tests' harnesses, below).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_student import minilm_teacher, read_texts, untrained_student  # noqa: E402
 
 from spacy_distill.io import Record  # noqa: E402
 from spacy_distill.label import label_records  # noqa: E402
-from spacy_distill.ray_cluster import (  # noqa: E402
-    LocalRayCluster,
-    connect,
-    free_port,
-    private_network_namespace,
-)
+from spacy_distill.ray_connect import connect  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
+
+# The loopback Ray cluster and the live server are the tests' harnesses: one copy
+# for the tests and this benchmark, outside the plugin.
+from tests.ray_harness import LocalRayCluster, free_port, private_network_namespace  # noqa: E402
+from tests.serving_harness import LiveServer  # noqa: E402
 
 
 def load_run(
@@ -114,9 +116,8 @@ def bench_serving(
     """Local uvicorn server, then Ray Serve with 1 and 2 replicas."""
     from ray import serve
 
-    from spacy_distill.ray_serving import APP_NAME, serve_on_ray
     from spacy_distill.serving.app import create_app
-    from spacy_distill.serving.testing import LiveServer
+    from spacy_distill.serving.ray_serve import APP_NAME, serve_on_ray
 
     settings = ServeSettings(max_batch_size=32, batch_wait_ms=5.0, max_texts=64)
     results: Dict[str, Dict[str, Any]] = {}

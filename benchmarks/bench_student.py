@@ -10,6 +10,7 @@ with a fresh textcat head is built; speed does not depend on its training.
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -18,7 +19,10 @@ import spacy
 import typer
 from spacy.language import Language
 
-from spacy_distill.teacher import transformer_textcat_config
+# The teacher config helper is dev tooling kept with the tests (built from
+# configs/teacher_finetune.cfg), not part of the plugin.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.teacher_config import transformer_textcat_config  # noqa: E402
 
 
 def read_texts(path: Path, n: int) -> List[str]:

@@ -4,15 +4,15 @@ The scripts are run as ``python scripts/<name>.py``, so this module is imported
 as ``common`` (the script's folder is on ``sys.path``).
 """
 
-import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import typer
 from spacy.util import load_config
+
+# The package's one atomic writer (temp file beside the target, renamed on
+# success, normal file modes), re-exported for the scripts.
+from spacy_distill.io import atomic_path, write_json, write_jsonl, write_text  # noqa: F401
 
 LABELS = ("NEGATIVE", "POSITIVE")
 
@@ -40,63 +40,6 @@ def load_section(config_path: Path, section: str, overrides: Optional[Dict[str, 
     if section not in config:
         raise ValueError(f"{config_path}: no [{section}] section")
     return dict(config[section])
-
-
-@contextmanager
-def atomic_path(path: Union[str, Path], suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` on success.
-
-    path (Union[str, Path]): The final output path (a file).
-    suffix (str): Suffix for the temp file, e.g. ".spacy" (some writers check it).
-    YIELDS (Path): The temp path to write to.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        if tmp_path.is_file():
-            os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_json(path: Union[str, Path], data: Any) -> None:
-    """Write JSON atomically (temp file, then rename).
-
-    path (Union[str, Path]): Output path.
-    data (Any): JSON-serialisable data.
-    """
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
-
-
-def write_text(path: Union[str, Path], text: str) -> None:
-    """Write a text file atomically (temp file, then rename).
-
-    path (Union[str, Path]): Output path.
-    text (str): The content.
-    """
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf8")
-
-
-def write_jsonl(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
-    """Write JSON lines atomically (temp file, then rename).
-
-    path (Union[str, Path]): Output path.
-    rows (List[Dict[str, Any]]): One object per line.
-    """
-    with atomic_path(path) as tmp:
-        with tmp.open("w", encoding="utf8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def dir_size(path: Union[str, Path]) -> int:

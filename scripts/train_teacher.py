@@ -13,7 +13,6 @@ runs once and the head's epochs take milliseconds.
 import contextlib
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,9 +28,9 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import fix_random_seed, load_config, load_model_from_config, registry
 from thinc.api import Config, Model
-from tqdm import tqdm
 
 from spacy_distill.io import atomic_path
+from spacy_distill.progress import progress_bar
 
 
 def read_gold(nlp: spacy.Language, path: Path) -> List[Doc]:
@@ -65,11 +64,12 @@ def encode(encoder: Model, docs: List[Doc], batch_size: int, cache: Optional[Pat
     if path is not None and path.exists():
         return numpy.load(path)
     rows = []
-    with tqdm(total=len(docs), desc=f"encode {desc}", unit="doc", file=sys.stderr, mininterval=5) as bar:
-        for start in range(0, len(docs), batch_size):
-            batch = docs[start : start + batch_size]
-            rows.append(encoder.ops.to_numpy(encoder.predict(batch)))
-            bar.update(len(batch))
+    bar = progress_bar(len(docs), f"encode {desc}", unit="doc")
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start : start + batch_size]
+        rows.append(encoder.ops.to_numpy(encoder.predict(batch)))
+        bar.update(len(batch))
+    bar.close()
     X = numpy.concatenate(rows) if rows else numpy.zeros((0, encoder.get_dim("nO")), dtype="f")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

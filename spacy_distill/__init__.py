@@ -1,7 +1,7 @@
 """spacy-distill: distil transformer text classifiers into small spaCy students.
 
 Importing the package registers its components, architectures, losses, tokenizer,
-augmenter and reader (installed entry points do the same without the import).
+augmenter, reader and training logger (installed entry points do the same without the import).
 """
 
 from . import (  # noqa: F401
@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     layers,
     losses,
     models,
+    progress,
     readers,
     teacher_scores,
     tokenizer,

@@ -20,9 +20,12 @@ whatever the batching.
 """
 
 import bisect
+import json
 import random
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import srsly
 from spacy.language import Language
@@ -292,3 +295,93 @@ def create_pos_augmenter(
         seed=seed,
         pos_table=table,
     )
+
+
+@dataclass
+class AugmentStats:
+    """What an augmentation run did.
+
+    n_texts (int): Texts read.
+    n_variants (int): Variants written (originals not counted).
+    """
+
+    n_texts: int = 0
+    n_variants: int = 0
+
+
+def augment_file(
+    augmenter: PosAugmenter,
+    input_path: Path,
+    output_path: Path,
+    pipeline_for: Callable[[str, str], Language],
+    *,
+    default_lang: Optional[str] = None,
+    include_original: bool = False,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> AugmentStats:
+    """Augment every text of a file into a JSONL of variants, atomically.
+
+    Pass 1 tags each text with its language's pipeline, counts words per POS
+    and keeps the compact tokens in a temporary file beside the output (not in
+    memory); pass 2 writes ``{"text", "lang", "source", "variant"}`` lines. The
+    output appears only when complete; a failure or signal removes the
+    temporary files.
+
+    augmenter (PosAugmenter): The augmenter (its tables are fitted here).
+    input_path (Path): Texts (any format of ``spacy_distill.io.read_records``).
+    output_path (Path): The JSONL to write.
+    pipeline_for (Callable[[str, str], Language]): ``(lang, where) → pipeline``
+        setting ``token.pos_`` (and sentence starts); ``where`` is ``file:line``
+        for its error messages.
+    default_lang (Optional[str]): Language of records without one.
+    include_original (bool): Also write each original text, as variant 0.
+    batch_size (int): Texts per tagging batch.
+    progress (bool): Show progress (see ``spacy_distill.progress``).
+    RETURNS (AugmentStats): Counts.
+    """
+    from spacy.util import minibatch
+
+    from .io import InputError, atomic_path, count_records, read_records, scratch_file
+    from .progress import progress_bar
+
+    stats = AugmentStats()
+    total = count_records(input_path)
+    with scratch_file(output_path, ".tokens.jsonl") as tmp_tokens:
+        # Pass 1: tag and count.
+        with tmp_tokens.open("w", encoding="utf8") as out:
+            bar = progress_bar(total, "tag", unit="text", enabled=progress)
+            for batch in minibatch(read_records(input_path), batch_size):
+                by_lang: Dict[str, List[int]] = defaultdict(list)
+                for j, rec in enumerate(batch):
+                    code = rec.lang or default_lang
+                    if not code:
+                        raise InputError(rec.path or input_path, rec.line, "record has no 'lang' field and no --lang was given", doc=rec.doc)
+                    pipeline_for(code, rec.where)
+                    by_lang[code].append(j)
+                tokens: List[Optional[List[TokenTuple]]] = [None] * len(batch)
+                for code, idx in by_lang.items():
+                    for j, doc in zip(idx, pipeline_for(code, "").pipe([batch[j].text for j in idx])):
+                        toks = doc_to_tokens(doc)
+                        augmenter.fit_tokens(toks, code)
+                        tokens[j] = toks
+                for j, rec in enumerate(batch):
+                    out.write(json.dumps([rec.lang or default_lang, tokens[j]], ensure_ascii=False) + "\n")
+                stats.n_texts += len(batch)
+                bar.update(len(batch))
+            bar.close()
+        # Pass 2: make the variants.
+        with atomic_path(output_path) as tmp_out, tmp_out.open("w", encoding="utf8") as out:
+            bar = progress_bar(stats.n_texts, "augment", unit="text", enabled=progress)
+            with tmp_tokens.open(encoding="utf8") as f:
+                for i, line in enumerate(f):
+                    code, toks = json.loads(line)
+                    toks = [tuple(t) for t in toks]
+                    if include_original:
+                        out.write(json.dumps({"text": _detok(toks), "lang": code, "source": i, "variant": 0}, ensure_ascii=False) + "\n")
+                    for k, text in enumerate(augmenter.augment_tokens(toks, code, augmenter.rng_for(i)), start=1):
+                        out.write(json.dumps({"text": text, "lang": code, "source": i, "variant": k}, ensure_ascii=False) + "\n")
+                        stats.n_variants += 1
+                    bar.update(1)
+            bar.close()
+    return stats

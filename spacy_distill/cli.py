@@ -19,6 +19,7 @@ app = typer.Typer(
 # Modules that add commands; imported lazily inside their commands where heavy.
 _COMMAND_MODULES = (
     "spacy_distill.commands",  # augment, label
+    "spacy_distill.calibration_cli",  # calibrate-pipeline
     "spacy_distill.convert_e5",  # convert-e5
     "spacy_distill.serving.cli",  # serve, classify, client
 )

@@ -29,6 +29,7 @@ from thinc.loss import Loss
 from thinc.types import Floats2d
 
 from .losses import DistillLoss, DistillTargets, sigmoid, softmax
+from .models import predict_with_token_vectors
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
 # The workflow's student (configs/student.cfg), chosen on dev in metrics/ablation.md:
@@ -149,7 +150,8 @@ def make_distill_textcat(
     exclusive_classes (bool): One label per doc (softmax) or multi-label (sigmoid).
     threshold (float): Cut-off for a positive label in multi-label scoring.
     scorer (Optional[Callable]): The scoring method.
-    store_tensor (bool): Keep the encoder's token vectors as ``doc.tensor``.
+    store_tensor (bool): Keep the model's token vectors as ``doc.tensor``
+        (for models that expose them, as BiLSTMTextCat does).
     RETURNS (DistillTextCategorizer): The component.
     """
     return DistillTextCategorizer(
@@ -190,8 +192,9 @@ class DistillTextCategorizer(TextCategorizer):
         exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
         threshold (float): Multi-label decision threshold for scoring.
         scorer (Optional[Callable]): The scoring method.
-        store_tensor (bool): Keep the encoder's token vectors as ``doc.tensor``
-            (models with "encoder" and "head" refs, like BiLSTMTextCat).
+        store_tensor (bool): Keep the model's token vectors as ``doc.tensor``,
+            for models that expose them (``spacy_distill.models.predict_with_token_vectors``;
+            BiLSTMTextCat does); other models leave ``doc.tensor`` unset.
         """
         super().__init__(vocab, model, name, threshold=threshold, scorer=scorer)
         self.cfg["exclusive_classes"] = bool(exclusive_classes)
@@ -239,23 +242,21 @@ class DistillTextCategorizer(TextCategorizer):
         return self._activate(self.predict_logits(docs))
 
     def _predict_with_tensors(self, docs: List[Doc]) -> Tuple[Floats2d, Optional[List[Floats2d]]]:
-        model = self.model
-        if not (self.cfg.get("store_tensor") and model.has_ref("encoder") and model.has_ref("head")):
+        if not self.cfg.get("store_tensor"):
             return self.predict(docs), None
         if not docs:
-            return model.ops.alloc2f(0, len(self.labels)), []
-        hidden = model.get_ref("encoder").predict(docs)
-        logits = model.get_ref("head").predict(hidden)
-        if model.has_ref("bow"):
-            # BiLSTMTextCat.v2: the logits are BiLSTM + bag-of-n-grams.
-            logits = logits + model.get_ref("bow").predict(docs)
-        return self._activate(logits), hidden
+            return self.model.ops.alloc2f(0, len(self.labels)), []
+        # The model gives its token vectors itself, from the forward pass that
+        # gives the logits (None if it exposes none): the component needs to
+        # know nothing of how the model is built.
+        logits, vectors = predict_with_token_vectors(self.model, docs)
+        return self._activate(logits), vectors
 
     def _annotate(self, docs: List[Doc]) -> None:
         scores, hidden = self._predict_with_tensors(docs)
         self.set_annotations(docs, scores)
         if hidden is not None:
-            # The BiLSTM's token vectors, as a tok2vec component would leave
+            # The model's token vectors, as a tok2vec component would leave
             # them: servers pool doc.tensor into a doc vector (/encode).
             for doc, rows in zip(docs, hidden):
                 doc.tensor = self.model.ops.to_numpy(rows)

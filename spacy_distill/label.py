@@ -16,19 +16,19 @@ file/directory renamed at the end).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
-import numpy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
-from tqdm import tqdm
+from spacy.util import minibatch
 
+# Calibration lives in spacy_distill.calibration; these names keep their old import path.
+from .calibration import Calibration, calibrate_teacher, fit_calibration, read_calibration  # noqa: F401
 from .io import Record, atomic_path
-from .teacher_scores import set_teacher_scores
-
-PROB_EPS = 1e-7
+from .progress import progress_bar
+from .teacher_scores import PROB_EPS, logits_from_probs, set_teacher_scores  # noqa: F401 - PROB_EPS: old import path
 
 # Scores of one text: (probs, logits) by label.
 Scores = Tuple[dict, dict]
@@ -84,183 +84,15 @@ def probs_to_logits(probs: dict, exclusive_classes: bool) -> dict:
     RETURNS (dict): Logit by label.
     """
     labels = list(probs)
-    p = numpy.clip(numpy.asarray([probs[k] for k in labels], dtype="f8"), PROB_EPS, 1 - PROB_EPS)
-    z = numpy.log(p) if exclusive_classes else numpy.log(p) - numpy.log1p(-p)
+    z = logits_from_probs([probs[k] for k in labels], exclusive_classes)
     return {k: float(v) for k, v in zip(labels, z)}
-
-
-@dataclass
-class Calibration:
-    """Platt / temperature scaling of the teacher's logits: ``scale · z + bias``.
-
-    A teacher fine-tuned for few steps ranks well but is under-confident (its
-    probabilities stay near uniform), which gives a student almost flat soft
-    targets. Fitting one scale and a bias per label on gold dev docs
-    (minimizing the negative log-likelihood, Guo et al. 2017) restores the
-    teacher's confidence without touching its ranking; the bias also moves its
-    decision threshold to where the dev gold says it belongs.
-
-    scale (float): Multiplier of the logits (1 / temperature).
-    bias (Dict[str, float]): Added per label.
-    exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
-    report (Dict[str, float]): Fit statistics (NLL and accuracy before/after, n_docs).
-    """
-
-    scale: float = 1.0
-    bias: Dict[str, float] = field(default_factory=dict)
-    exclusive_classes: bool = True
-    report: Dict[str, float] = field(default_factory=dict)
-
-    def apply(self, logits: Dict[str, float]) -> Scores:
-        """Calibrated (probs, logits) from raw logits.
-
-        logits (Dict[str, float]): Raw logits by label.
-        RETURNS (Scores): Calibrated probabilities and logits.
-        """
-        labels = list(logits)
-        z = numpy.asarray([logits[k] * self.scale + self.bias.get(k, 0.0) for k in labels])
-        if self.exclusive_classes:
-            e = numpy.exp(z - z.max())
-            p = e / e.sum()
-        else:
-            p = 1.0 / (1.0 + numpy.exp(-z))
-        return (
-            {k: float(v) for k, v in zip(labels, p)},
-            {k: float(v) for k, v in zip(labels, z)},
-        )
-
-    def to_dict(self) -> Dict:
-        """JSON-serializable form."""
-        return {"scale": self.scale, "bias": self.bias, "exclusive_classes": self.exclusive_classes, "report": self.report}
-
-    @classmethod
-    def from_dict(cls, data: Dict) -> "Calibration":
-        """Load from :meth:`to_dict` output.
-
-        data (Dict): The saved calibration.
-        RETURNS (Calibration): The calibration.
-        """
-        try:
-            return cls(
-                scale=float(data["scale"]),
-                bias={str(k): float(v) for k, v in data["bias"].items()},
-                exclusive_classes=bool(data["exclusive_classes"]),
-                report=dict(data.get("report", {})),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"not a calibration file: {type(e).__name__}: {e}") from None
-
-
-def _nll_and_grads(Z: numpy.ndarray, Y: numpy.ndarray, log_a: float, b: numpy.ndarray, exclusive: bool):
-    a = numpy.exp(log_a)
-    S = a * Z + b
-    if exclusive:
-        S = S - S.max(axis=1, keepdims=True)
-        logp = S - numpy.log(numpy.exp(S).sum(axis=1, keepdims=True))
-        P = numpy.exp(logp)
-        nll = -(Y * logp).sum(axis=1).mean()
-    else:
-        P = 1.0 / (1.0 + numpy.exp(-S))
-        eps = 1e-12
-        nll = -(Y * numpy.log(P + eps) + (1 - Y) * numpy.log(1 - P + eps)).sum(axis=1).mean()
-    D = (P - Y) / len(Z)
-    return nll, float((D * Z).sum() * a), D.sum(axis=0), P
-
-
-def fit_calibration(
-    logits: List[Dict[str, float]],
-    gold: List[Dict[str, float]],
-    exclusive_classes: bool,
-    *,
-    fit_bias: bool = False,
-    n_iter: int = 3000,
-    learn_rate: float = 0.05,
-) -> Calibration:
-    """Fit one scale and a bias per label to gold labels (minimum NLL).
-
-    logits (List[Dict[str, float]]): Raw teacher logits per doc.
-    gold (List[Dict[str, float]]): Gold 0/1 cats per doc.
-    exclusive_classes (bool): Softmax (True) or sigmoid (False).
-    fit_bias (bool): Also fit a bias per label (Platt scaling), which can move
-        the teacher's decisions; by default only the scale (temperature
-        scaling), which keeps every decision of the teacher.
-    n_iter (int): Gradient steps (Adam).
-    learn_rate (float): Adam step size.
-    RETURNS (Calibration): The fitted calibration, with a report.
-    """
-    if not logits or len(logits) != len(gold):
-        raise ValueError(f"calibration needs gold docs with teacher logits, got {len(logits)} and {len(gold)}")
-    labels = sorted(logits[0])
-    Z = numpy.asarray([[z[k] for k in labels] for z in logits], dtype="f8")
-    if exclusive_classes:
-        # Softmax ignores a per-doc constant: centre it away for a well-posed fit.
-        Z = Z - Z.mean(axis=1, keepdims=True)
-    Y = numpy.asarray([[g.get(k, 0.0) for k in labels] for g in gold], dtype="f8")
-    params = numpy.zeros(1 + len(labels))
-    m = numpy.zeros_like(params)
-    v = numpy.zeros_like(params)
-    nll0, _, _, P0 = _nll_and_grads(Z, Y, 0.0, params[1:], exclusive_classes)
-    for t in range(1, n_iter + 1):
-        _, ga, gb, _ = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
-        g = numpy.concatenate([[ga], gb if fit_bias else numpy.zeros_like(gb)])
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        params -= learn_rate * (m / (1 - 0.9**t)) / (numpy.sqrt(v / (1 - 0.999**t)) + 1e-12)
-    nll1, _, _, P1 = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
-
-    def accuracy(P: numpy.ndarray) -> float:
-        if exclusive_classes:
-            return float((P.argmax(axis=1) == Y.argmax(axis=1)).mean())
-        return float(((P > 0.5) == (Y > 0.5)).mean())
-
-    bias = params[1:]
-    if exclusive_classes:
-        bias = bias - bias.mean()
-    return Calibration(
-        scale=float(numpy.exp(params[0])),
-        bias={k: float(b) for k, b in zip(labels, bias)},
-        exclusive_classes=exclusive_classes,
-        report={
-            "n_docs": len(Z),
-            "nll_before": float(nll0),
-            "nll_after": float(nll1),
-            "accuracy_before": accuracy(P0),
-            "accuracy_after": accuracy(P1),
-        },
-    )
-
-
-def calibrate_teacher(
-    nlp: Language,
-    docs: Iterable[Doc],
-    *,
-    component: Optional[str] = None,
-    batch_size: int = 32,
-    fit_bias: bool = False,
-) -> Calibration:
-    """Run the teacher on gold-labelled docs and fit its calibration.
-
-    docs (Iterable[Doc]): Docs with gold ``doc.cats`` (e.g. the dev set).
-    nlp (Language): The teacher.
-    component (Optional[str]): Name of its text classifier.
-    batch_size (int): Batch size for ``nlp.pipe``.
-    fit_bias (bool): Also fit per-label biases (see :func:`fit_calibration`).
-    RETURNS (Calibration): The fitted calibration.
-    """
-    _, exclusive = find_textcat(nlp, component)
-    score = make_scorer(nlp, component, batch_size)
-    docs = [d for d in docs if d.cats]
-    if not docs:
-        raise ValueError("calibration needs docs with gold cats; none had any")
-    scored = score([d.text for d in docs])
-    return fit_calibration([s[1][1] for s in scored], [d.cats for d in docs], exclusive, fit_bias=fit_bias)
 
 
 def make_scorer(
     nlp: Language,
     component: Optional[str] = None,
     batch_size: int = 32,
-    calibration: Optional["Calibration"] = None,
+    calibration: Optional[Calibration] = None,
 ) -> Callable[[List[str]], List[Tuple[Doc, Scores]]]:
     """A function that scores a batch of texts with the teacher.
 
@@ -292,17 +124,6 @@ def make_scorer(
         return out
 
     return score
-
-
-def _batches(records: Iterable[Record], size: int) -> Iterator[List[Record]]:
-    batch: List[Record] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def labelled_doc(nlp: Language, doc: Doc, record: Record, scores: Scores) -> Doc:
@@ -348,7 +169,7 @@ def write_labelled(
     stats = LabelStats()
     start = time.perf_counter()
     single = output.suffix == ".spacy"
-    bar = tqdm(total=total, unit="doc", desc="label", disable=not progress)
+    bar = progress_bar(total, "label", unit="doc", enabled=progress)
     with atomic_path(output, is_dir=not single) as tmp:
         docbin = DocBin(attrs=[], store_user_data=True)
         for record, doc, scores in scored:
@@ -399,7 +220,7 @@ def label_records(
     score = make_scorer(nlp, component, batch_size, calibration)
 
     def scored() -> Iterator[Tuple[Record, Doc, Scores]]:
-        for batch in _batches(records, batch_size):
+        for batch in minibatch(records, batch_size):
             for record, (doc, scores) in zip(batch, score([r.text for r in batch])):
                 yield record, doc, scores
 

@@ -1,18 +1,161 @@
 """The student architectures: hash embeddings → thinc BiLSTM → pooling → logits,
 optionally plus a sparse bag-of-n-grams linear model (v2).
 
+The models expose the BiLSTM's token vectors themselves: their top layer's
+``attrs[FORWARD_WITH_TOKEN_VECTORS]`` runs the very forward pass that gives
+the logits and returns the token vectors with them (see
+:func:`predict_with_token_vectors`). The ``distill_textcat`` component keeps
+them as ``doc.tensor`` without knowing how any architecture is built.
+
 Everything here is numpy/thinc: a pipeline using it loads and predicts without
 torch installed.
 """
 
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import LSTM, Linear, Model, add, chain, with_padded
+from thinc.api import LSTM, Linear, Model, chain, with_padded
+from thinc.layers.add import init as add_init
+from thinc.layers.chain import init as chain_init
 from thinc.types import Floats2d
 
 from .layers import MeanMaxPool, output_width, with_nonempty, with_nonempty_docs
+
+# The model attribute through which a model exposes its token vectors: a function
+# ``(model, docs, is_train) -> ((logits, token_vectors), backprop)``, where
+# ``backprop`` takes d_logits. A function in ``attrs`` is not serialized (thinc
+# skips attrs it cannot serialize, as for spaCy's ``resize_output``), so the
+# constructor's value stays in place when saved weights are loaded.
+FORWARD_WITH_TOKEN_VECTORS = "forward_with_token_vectors"
+
+TokenVectorsOutput = Tuple[Floats2d, List[Floats2d]]
+
+
+def predict_with_token_vectors(
+    model: Model[List[Doc], Floats2d], docs: List[Doc]
+) -> Tuple[Floats2d, Optional[List[Floats2d]]]:
+    """A model's logits and, from the same forward pass, its token vectors.
+
+    The logits are those of ``model.predict(docs)`` whatever the model. Models
+    that expose no token vectors (no ``attrs[FORWARD_WITH_TOKEN_VECTORS]``)
+    give None for them.
+
+    model (Model[List[Doc], Floats2d]): A model from docs to logits.
+    docs (List[Doc]): The documents.
+    RETURNS (Tuple[Floats2d, Optional[List[Floats2d]]]): The logits, one row
+        per doc, and the token vectors, one array per doc (one row per token).
+    """
+    forward = model.attrs.get(FORWARD_WITH_TOKEN_VECTORS)
+    if forward is None:
+        return model.predict(docs), None
+    (logits, vectors), _ = forward(model, docs, False)
+    return logits, vectors
+
+
+def logits_forward(
+    model: Model[List[Doc], Floats2d], docs: List[Doc], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    """The forward pass of a model that exposes its token vectors: its logits.
+
+    One function computes both, so ``model.predict`` and
+    :func:`predict_with_token_vectors` cannot disagree on the logits.
+    """
+    (logits, _), backprop = model.attrs[FORWARD_WITH_TOKEN_VECTORS](model, docs, is_train)
+    return logits, backprop
+
+
+def encode_classify(
+    encoder: Model[List[Doc], List[Floats2d]], head: Model[List[Floats2d], Floats2d]
+) -> Model[List[Doc], Floats2d]:
+    """``head(encoder(docs))``, exposing ``encoder(docs)`` as the token vectors.
+
+    The layer tree, dims and initialization are those of ``chain(encoder,
+    head)``, so weights saved from that chain load into it unchanged.
+
+    encoder (Model[List[Doc], List[Floats2d]]): Docs to token vectors.
+    head (Model[List[Floats2d], Floats2d]): Token vectors to logits.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    # chain's dims: nI only if the first layer can have one, nO of the last layer.
+    dims: Dict[str, Optional[int]] = {"nO": head.maybe_get_dim("nO")}
+    if encoder.has_dim("nI") is not False:
+        dims["nI"] = encoder.maybe_get_dim("nI")
+    return Model(
+        "encode_classify",
+        logits_forward,
+        # chain's own shape inference, so a new model initializes (and draws its
+        # random weights) exactly as the chain did.
+        init=chain_init,
+        dims=dims,
+        layers=[encoder, head],
+        attrs={FORWARD_WITH_TOKEN_VECTORS: encode_classify_forward},
+    )
+
+
+def encode_classify_forward(
+    model: Model[List[Doc], Floats2d], docs: List[Doc], is_train: bool
+) -> Tuple[TokenVectorsOutput, Callable[[Floats2d], List[Doc]]]:
+    """Encode, then classify; return the logits and the encoder's output."""
+    encoder, head = model.layers
+    vectors, backprop_encoder = encoder(docs, is_train)
+    logits, backprop_head = head(vectors, is_train)
+
+    def backprop(d_logits: Floats2d) -> List[Doc]:
+        return backprop_encoder(backprop_head(d_logits))
+
+    return (logits, vectors), backprop
+
+
+def add_logits(
+    textcat: Model[List[Doc], Floats2d], *others: Model[List[Doc], Floats2d]
+) -> Model[List[Doc], Floats2d]:
+    """The sum of the logits of ``textcat`` and ``others``, exposing ``textcat``'s token vectors.
+
+    The layer tree, dims and initialization are those of ``add(textcat,
+    *others)``, so weights saved from that sum load into it unchanged.
+
+    textcat (Model[List[Doc], Floats2d]): A model that exposes token vectors
+        (``attrs[FORWARD_WITH_TOKEN_VECTORS]``).
+    others (Model[List[Doc], Floats2d]): Models from docs to logits.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    if FORWARD_WITH_TOKEN_VECTORS not in textcat.attrs:
+        raise ValueError(f"add_logits: {textcat.name!r} exposes no token vectors")
+    layers = [textcat, *others]
+    # add's dims: nI only if every layer can have one.
+    dims: Dict[str, Optional[int]] = {"nO": None}
+    if all(layer.has_dim("nI") is not False for layer in layers):
+        dims["nI"] = None
+    return Model(
+        "add_logits",
+        logits_forward,
+        init=add_init,
+        dims=dims,
+        layers=layers,
+        attrs={FORWARD_WITH_TOKEN_VECTORS: add_logits_forward},
+    )
+
+
+def add_logits_forward(
+    model: Model[List[Doc], Floats2d], docs: List[Doc], is_train: bool
+) -> Tuple[TokenVectorsOutput, Callable[[Floats2d], List[Doc]]]:
+    """Sum the layers' logits (in place, as thinc's add); keep the first layer's token vectors."""
+    textcat, *others = model.layers
+    (logits, vectors), backprop_textcat = textcat.attrs[FORWARD_WITH_TOKEN_VECTORS](textcat, docs, is_train)
+    callbacks = []
+    for layer in others:
+        layer_logits, callback = layer(docs, is_train)
+        logits += layer_logits
+        callbacks.append(callback)
+
+    def backprop(d_logits: Floats2d) -> List[Doc]:
+        d_docs = backprop_textcat(d_logits)
+        for callback in callbacks:
+            callback(d_logits)
+        return d_docs
+
+    return (logits, vectors), backprop
 
 
 @registry.architectures("spacy-distill.BiLSTMTextCat.v1")
@@ -27,7 +170,8 @@ def build_bilstm_textcat(
 
     The output layer has no activation: the ``distill_textcat`` component
     applies softmax or sigmoid, and its distillation losses work on the logits
-    (Tang et al. 2019 match logits directly).
+    (Tang et al. 2019 match logits directly). The BiLSTM's outputs are the
+    model's token vectors (:func:`predict_with_token_vectors`).
 
     embed (Model[List[Doc], List[Floats2d]]): Token embedding, usually the
         stock ``spacy.MultiHashEmbed.v2``. Its width is the LSTM's width.
@@ -49,9 +193,8 @@ def build_bilstm_textcat(
     output = Linear(nO=nO, nI=pool.get_dim("nO"))
     encoder = chain(embed, with_nonempty(with_padded(lstm)))
     head = chain(pool, output)
-    model: Model[List[Doc], Floats2d] = chain(encoder, head)
-    # The component runs encoder and head separately at prediction time, to
-    # keep the BiLSTM's token vectors as doc.tensor (for /encode, similarity).
+    model = encode_classify(encoder, head)
+    # Refs for scripts and tests that look at the parts (the component does not).
     model.set_ref("encoder", encoder)
     model.set_ref("head", head)
     model.set_ref("embed", embed)
@@ -78,7 +221,8 @@ def build_bilstm_textcat_v2(
     the logits are the sum of the BiLSTM's and the bag-of-n-grams' logits.
     The sparse n-gram weights remember exact word and (for ja/zh, whose tokens
     are characters) character n-grams that a small hash-embedded BiLSTM blurs,
-    for almost no time: the n-gram model runs at ~600k tokens/s here.
+    for almost no time: the n-gram model runs at ~600k tokens/s here. The
+    token vectors are the BiLSTM's (:func:`predict_with_token_vectors`).
 
     embed (Model[List[Doc], List[Floats2d]]): Token embedding, usually the
         stock ``spacy.MultiHashEmbed.v2``. Its width is the LSTM's width.
@@ -96,9 +240,7 @@ def build_bilstm_textcat_v2(
     if nO is not None:
         bow.set_dim("nO", nO)
     bow = with_nonempty_docs(bow)
-    model: Model[List[Doc], Floats2d] = add(bilstm, bow)
-    # Keep v1's refs (encoder, head, ...); the component adds the bow logits to
-    # head(encoder(docs)) when it keeps the encoder's token vectors (store_tensor).
+    model = add_logits(bilstm, bow)
     for name in bilstm.ref_names:
         model.set_ref(name, bilstm.get_ref(name))
     model.set_ref("bow", bow)

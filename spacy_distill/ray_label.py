@@ -39,10 +39,12 @@ except ImportError as err:  # pragma: no cover - depends on the install
 
 import spacy
 from spacy.tokens import Doc
+from spacy.util import minibatch
 
+from .calibration import Calibration
 from .io import Record
-from .label import Calibration, LabelStats, Scores, _batches, make_scorer, write_labelled
-from .ray_cluster import connect
+from .label import LabelStats, Scores, make_scorer, write_labelled
+from .ray_connect import connect
 
 logger = logging.getLogger("spacy_distill.ray")
 
@@ -163,7 +165,7 @@ def _scored_in_order(
         for record, (words, spaces, probs, logits) in zip(chunk, results):
             yield record, Doc(vocab, words=words, spaces=spaces), (probs, logits)
 
-    for i, chunk in enumerate(_batches(records, chunk_size)):
+    for i, chunk in enumerate(minibatch(records, chunk_size)):
         actor = actors[i % len(actors)]
         pending.append((chunk, actor.score.remote([r.text for r in chunk])))
         if len(pending) >= max_in_flight:

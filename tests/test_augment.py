@@ -166,7 +166,7 @@ def test_cli_augment_pos_needs_a_pipeline_per_language(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"text": "ok", "lang": "en"}\n{"text": 3}\n', "in.jsonl:2: field 'text' is missing or not a string"),
+        ('{"text": "ok", "lang": "en"}\n{"text": 3}\n', "in.jsonl:2: field 'text' must be a string, got int"),
         ('{"text": "ok"\n', "in.jsonl:1: invalid JSON"),
         (b'{"text": "\xff"}\n', "in.jsonl:1: not valid UTF-8"),
     ],

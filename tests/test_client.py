@@ -24,7 +24,8 @@ from spacy_distill.client import (  # noqa: E402
 )
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import LABELS, LiveServer, free_port, save_test_pipeline  # noqa: E402
+
+from .serving_harness import LABELS, LiveServer, free_port, save_test_pipeline  # noqa: E402
 
 TOKEN = "client-test-token"
 

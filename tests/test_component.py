@@ -87,6 +87,40 @@ def test_token_vectors_are_stored_as_doc_tensor(trained):
         nlp.get_pipe("distill_textcat").cfg["store_tensor"] = True
 
 
+def test_store_tensor_on_and_off_give_the_same_cats(trained):
+    nlp, _, _ = trained
+    textcat = nlp.get_pipe("distill_textcat")
+    texts = [t for t, _ in SOFT_DATA] + ["", "   "]
+    with_tensors = list(nlp.pipe(texts, batch_size=4))
+    textcat.cfg["store_tensor"] = False
+    try:
+        without = list(nlp.pipe(texts, batch_size=4))
+        alone = [nlp(t) for t in texts]
+    finally:
+        textcat.cfg["store_tensor"] = True
+    # One forward pass gives the logits either way: the cats are the same to the bit.
+    for a, b, c in zip(with_tensors, without, alone):
+        assert a.cats == b.cats == c.cats
+        assert b.tensor.size == 0 and a.tensor.shape == (len(a), 32)
+    scores = textcat.predict([nlp.make_doc(t) for t in texts])
+    assert [[d.cats[label] for label in textcat.labels] for d in with_tensors] == scores.tolist()
+
+
+def test_model_without_token_vectors_classifies_and_leaves_tensor_unset():
+    # The component treats its model as opaque: any docs → logits model works,
+    # here the stock bag-of-words model, which exposes no token vectors.
+    bow = {"@architectures": "spacy.TextCatBOW.v3", "exclusive_classes": True, "ngram_size": 1,
+           "no_output_layer": True, "length": 4096, "nO": None}
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", config={"model": bow, "store_tensor": True})
+    train(nlp, soft_examples(nlp), n_iter=50)
+    texts = [SOFT_DATA[0][0], "", SOFT_DATA[1][0]]
+    for doc, alone in zip(nlp.pipe(texts), (nlp(t) for t in texts)):
+        assert doc.cats == alone.cats and set(doc.cats) == set(LABELS)
+        assert doc.tensor.size == 0
+    assert nlp(SOFT_DATA[0][0]).cats["POSITIVE"] > nlp(SOFT_DATA[1][0]).cats["POSITIVE"]
+
+
 def test_update_on_only_empty_docs_is_a_no_op(trained):
     nlp, _, _ = trained
     eg = Example(nlp.make_doc(""), nlp.make_doc(""))
@@ -261,11 +295,14 @@ def test_student_loads_and_predicts_without_torch(trained, tmp_path):
     nlp = spacy.load({str(tmp_path / "student")!r})
     doc = nlp({SOFT_DATA[0][0]!r})
     assert "torch" not in sys.modules
-    print(round(doc.cats["POSITIVE"], 6))
+    print(round(doc.cats["POSITIVE"], 6), doc.tensor.shape[1])
     """
     result = _run(code)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.strip()) == pytest.approx(expected, abs=1e-5)
+    p, width = result.stdout.split()
+    assert float(p) == pytest.approx(expected, abs=1e-5)
+    # The token vectors come with the cats (store_tensor), without torch too.
+    assert int(width) == 32
 
 
 def test_nonempty_docs_guard_scatters_rows_and_gradients():

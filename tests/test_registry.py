@@ -10,6 +10,7 @@ from spacy.util import registry
 
 from spacy_distill.augment import PosAugmenter
 from spacy_distill.layers import MeanMaxPool
+from spacy_distill.models import FORWARD_WITH_TOKEN_VECTORS
 
 from .util import LABELS, SOFT_DATA, blank_xx, soft_examples
 
@@ -26,7 +27,8 @@ RESOLVE_CASES = [
                    "include_static_vectors": False},
          "bow": {"@architectures": "spacy.TextCatBOW.v3", "exclusive_classes": True, "ngram_size": 2,
                  "no_output_layer": True, "length": 1024, "nO": None}},
-        lambda m: m.name == "add" and m.has_ref("bow") and m.get_ref("bow").name.startswith("nonempty_docs"),
+        lambda m: m.name == "add_logits" and m.has_ref("bow") and m.get_ref("bow").name.startswith("nonempty_docs")
+        and FORWARD_WITH_TOKEN_VECTORS in m.attrs,
     ),
     (
         {"@architectures": "spacy-distill.BiLSTMTextCat.v2", "bow": None,
@@ -152,6 +154,7 @@ GROUP_REGISTRY = {
     "spacy_tokenizers": "tokenizers",
     "spacy_augmenters": "augmenters",
     "spacy_readers": "readers",
+    "spacy_loggers": "loggers",
     "thinc_layers": "layers",
     "thinc_losses": "losses",
 }

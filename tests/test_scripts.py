@@ -282,3 +282,88 @@ def test_time_systems_interleaves_and_totals():
     for name in ("A", "B"):
         assert out[name]["batch"]["passes"] == 2 and out[name]["batch"]["tokens"] == 10
         assert out[name]["single"]["docs"] == 4 and out[name]["batch"]["rounds"] == 2
+
+
+def test_evaluate_systems_reports_calibration(tmp_path):
+    """ECE before and after a temperature fitted on --dev (never on test) for every system,
+    in results.json, results.md and reliability.png; without --dev, ECE before only."""
+    import json
+
+    import numpy
+    import spacy
+    import srsly
+    import typer
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_distill.calibration import calibrate_probs, reliability
+    from spacy_distill.label import fit_calibration, probs_to_logits
+
+    from .serving_harness import TRAIN_DATA, save_test_pipeline
+
+    test_data = [
+        ("Great blender, love it", "POSITIVE"), ("Broke after a week", "NEGATIVE"), ("Fast delivery, nice quality", "POSITIVE"),
+        ("Awful, do not buy", "NEGATIVE"), ("Comfortable shoes", "POSITIVE"), ("Support never answered", "NEGATIVE"),
+        ("Would buy again", "POSITIVE"), ("Smells bad and disappointing", "NEGATIVE"),
+    ]
+
+    def docbin(rows, path):
+        db = DocBin(store_user_data=True)
+        for text, label in rows:
+            doc = spacy.blank("en").make_doc(text)
+            doc.cats = {lab: float(lab == label) for lab in ("NEGATIVE", "POSITIVE")}
+            doc.user_data["lang"] = "en"
+            db.add(doc)
+        db.to_disk(path)
+        return path
+
+    test, dev = docbin(test_data, tmp_path / "test.spacy"), docbin(TRAIN_DATA, tmp_path / "dev.spacy")
+    bow = save_test_pipeline(tmp_path / "bow", with_tok2vec=False)
+    for kind in ("random", "majority"):
+        (tmp_path / kind).mkdir()
+        srsly.write_json(tmp_path / kind / "model.json", {"kind": kind, "label": "POSITIVE", "seed": 0, "labels": ["NEGATIVE", "POSITIVE"]})
+    app = typer.Typer()
+    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(evaluate_systems.main)
+    base = [str(test), "--config", str(SCRIPTS.parent / "configs" / "evaluate.cfg"), "--system", f"bow={bow}",
+            "--system", f"majority={tmp_path / 'majority'}", "--system", f"random={tmp_path / 'random'}",
+            "--evaluate.langs", "en", "--evaluate.n_speed", "2", "--evaluate.min_seconds", "0", "--evaluate.rounds", "1",
+            "--evaluate.n_warmup", "1", "--evaluate.n_calibration", "-1"]
+    results = {}
+    for name, extra in (("dev", ["--dev", str(dev)]), ("none", [])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, [base[0], str(out), *base[1:], *extra])
+        assert result.exit_code == 0, result.output
+        results[name] = json.loads((out / "results.json").read_text(encoding="utf8"))
+        assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["dev"]["calibration"]["n_dev_docs"] == len(TRAIN_DATA) and results["dev"]["calibration"]["n_bins"] == 15
+    # The same numbers, recomputed: ECE of the test probabilities; the temperature fitted on dev.
+    nlp = spacy.load(bow)
+    labels = ["NEGATIVE", "POSITIVE"]
+    P = numpy.asarray([[d.cats[k] for k in labels] for d in nlp.pipe([t for t, _ in test_data], batch_size=64)])
+    y = numpy.asarray([labels.index(label) for _, label in test_data])
+    D = [d.cats for d in nlp.pipe([t for t, _ in TRAIN_DATA], batch_size=64)]
+    fit = fit_calibration([probs_to_logits(c, True) for c in D], [{k: float(k == g) for k in labels} for _, g in TRAIN_DATA], True)
+    c = results["dev"]["systems"]["bow"]["calibration"]
+    assert c["measured"] and not c["hard_labels"] and c["n_dev_docs"] == len(TRAIN_DATA)
+    assert c["ece_before"] == 100 * reliability(P, y).ece
+    assert c["temperature"] == pytest.approx(1 / fit.scale, rel=1e-12)
+    assert c["ece_after"] == pytest.approx(100 * reliability(calibrate_probs(P, fit.scale), y).ece, abs=1e-12)
+    assert c["per_lang"]["en"] == {"ece_before": c["ece_before"], "ece_after": c["ece_after"]}
+    # 0/1 outputs: confidence 1, so ECE = 100 − accuracy.
+    majority = results["dev"]["systems"]["majority"]
+    assert majority["calibration"]["hard_labels"]
+    assert majority["calibration"]["ece_before"] == pytest.approx(100 - majority["mean"]["acc"], abs=1e-9)
+    # The dev pass runs after the test pass: the seeded random baseline's test scores are unchanged.
+    assert results["dev"]["systems"]["random"]["per_lang"] == results["none"]["systems"]["random"]["per_lang"]
+    plain = results["none"]["systems"]["bow"]["calibration"]
+    assert (plain["measured"], plain["ece_after"], plain["temperature"]) == (False, None, None)
+    assert plain["ece_before"] == c["ece_before"] and results["none"]["calibration"]["dev"] is None
+    md = (tmp_path / "dev" / "results.md").read_text(encoding="utf8")
+    assert f"| bow | {c['ece_before']:.1f} | {c['temperature']:.3f} | {c['ece_after']:.1f} |" in md
+    assert "| majority |" in md and "n/a¹" in md
+    assert "not measured: no dev docs" in (tmp_path / "none" / "results.md").read_text(encoding="utf8")
+    # Multi-label classes: no top-class ECE, reported as n/a with the reason.
+    multi = evaluate_systems.calibration_report([{"NEGATIVE": 0.7, "POSITIVE": 0.6}], [("en", "NEGATIVE")], ["en"], 15, exclusive=False)
+    assert multi["measured"] is False and multi.get("ece_before") is None
+    results["dev"]["systems"]["bow"]["calibration"] = multi
+    assert "| bow | n/a | n/a | n/a | multi-label classes:" in "\n".join(evaluate_systems.calibration_markdown(results["dev"]))

@@ -17,7 +17,8 @@ from spacy_distill.serving.inference import (  # noqa: E402
     parse_model_spec,
 )
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import LABELS, save_test_pipeline  # noqa: E402
+
+from .serving_harness import LABELS, save_test_pipeline  # noqa: E402
 
 MAX_TEXTS = 8
 MAX_CHARS = 200

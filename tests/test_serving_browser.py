@@ -12,7 +12,8 @@ pytest.importorskip("uvicorn")
 
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import LABELS, LiveServer, save_test_pipeline  # noqa: E402
+
+from .serving_harness import LABELS, LiveServer, save_test_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -9,7 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 from spacy_distill.serving import cli as serving_cli
-from spacy_distill.serving.testing import LABELS, save_test_pipeline
+
+from .serving_harness import LABELS, save_test_pipeline
 
 TEXTS = ["I love this blender", "Terrible, it broke", "", 'Fast delivery, "quoted", comma']
 
@@ -84,7 +85,7 @@ def test_classify_file(app: typer.Typer, model_dir: Path, tmp_path: Path, fmt: s
         ("bad.csv", b"id,body\n1,x\n", "bad.csv:1", "no 'text' column"),
         ("bad2.csv", b"id,text\n1,x\n2,y,extra\n", "bad2.csv:3", "expected 2 fields"),
         ("bad.txt", b"fine\nbroken \xff byte\n", "bad.txt:2", "not valid UTF-8"),
-        ("bad.xml", b"<x/>", "bad.xml", "unsupported file type"),
+        ("bad.xml", b"<x/>", "bad.xml", "unknown input format"),
     ],
 )
 def test_classify_bad_input(

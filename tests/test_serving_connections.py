@@ -16,7 +16,8 @@ import httpx  # noqa: E402
 from spacy_distill.serving import connections  # noqa: E402
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import LiveServer, save_test_pipeline  # noqa: E402
+
+from .serving_harness import LiveServer, save_test_pipeline  # noqa: E402
 
 SETTINGS = dict(
     header_timeout_s=1.0,

@@ -21,8 +21,9 @@ import spacy  # noqa: E402
 
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import LiveServer, save_test_pipeline  # noqa: E402
 from spacy_distill.serving.textguard import MAX_DENSE_SYMBOLS, bound_tokenizer_cost  # noqa: E402
+
+from .serving_harness import LiveServer, save_test_pipeline  # noqa: E402
 
 MAX_CHARS = 10_000
 # Texts that cost spaCy's tokenizer seconds without the bound (measured: "$" x

@@ -20,7 +20,8 @@ import spacy  # noqa: E402
 
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.serving.testing import (  # noqa: E402
+
+from .serving_harness import (  # noqa: E402
     LiveServer,
     free_port,
     save_test_pipeline,

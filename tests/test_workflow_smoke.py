@@ -44,10 +44,14 @@ def test_results_cover_every_system_and_language(smoke_project):
         for mode in ("batch", "single"):
             assert r["speed"][mode]["tokens_per_s"] > 0 and r["speed"][mode]["docs_per_s"] > 0
         assert r["size_bytes"] > 0
+        # Calibration: ECE on test before and after a temperature fitted on dev.
+        c = r["calibration"]
+        assert 0 <= c["ece_before"] <= 100 and 0 <= c["ece_after"] <= 100, name
     assert results["student_vs_teacher"]["size_fraction"] < 1
-    assert (smoke_project / "metrics" / "results.md").read_text(encoding="utf8").count("| student |") == 2
-    png = (smoke_project / "metrics" / "accuracy_vs_speed.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # Accuracy, speed and calibration tables each have a student row.
+    assert (smoke_project / "metrics" / "results.md").read_text(encoding="utf8").count("| student |") == 3
+    for png in ("accuracy_vs_speed.png", "reliability.png"):
+        assert (smoke_project / "metrics" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_corpus_sizes_and_taggers(smoke_project):

@@ -307,7 +307,7 @@ def _serve(
     )
     if ray:
         try:
-            from ..ray_serving import serve_on_ray
+            from .ray_serve import serve_on_ray
         except ImportError as err:
             raise _fail(f"--ray needs Ray Serve: pip install 'spacy-distill[ray]' ({err})") from None
         # The same FastAPI app (routes, schemas, limits, auth) behind Ray Serve.

@@ -1,8 +1,9 @@
-"""Helpers for testing the server: a tiny real pipeline and a live uvicorn.
+"""Test harness for the server: a tiny real pipeline and a live uvicorn.
 
-Used by the test suite and handy for trying the server without a trained
-model. Nothing here is mocked: the pipeline is a real (if tiny) spaCy
-``tok2vec`` + ``textcat`` trained for a few steps.
+Not part of the plugin: used by the test suite and ``benchmarks/bench_ray.py``,
+and handy for trying the server without a trained model. Nothing here is
+mocked: the pipeline is a real (if tiny) spaCy ``tok2vec`` + ``textcat``
+trained for a few steps.
 """
 
 import random
@@ -141,8 +142,8 @@ class LiveServer:
     ) -> None:
         import uvicorn
 
-        from .connections import uvicorn_config
-        from .settings import ServeSettings
+        from spacy_distill.serving.connections import uvicorn_config
+        from spacy_distill.serving.settings import ServeSettings
 
         self.app = app
         self.wait_ready = wait_ready

@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on one machine, reachable on loopback only.
 
-Used by the Ray tests and benchmark (``tests/test_ray.py``,
-``benchmarks/bench_ray.py``), and handy for trying ``serve_on_ray`` /
-``label_on_ray`` without a real cluster.
+A test harness, not part of the plugin: used by the Ray tests and benchmark
+(``tests/test_ray.py``, ``benchmarks/bench_ray.py``), and handy for trying
+``serve_on_ray`` / ``label_on_ray`` without a real cluster. Production code
+connects with ``spacy_distill.ray_connect.connect``.
 
 Why a private network namespace: Ray 2.60 cannot be kept on loopback by its
 own flags. ``ray start --node-ip-address 127.0.0.1`` rewrites a loopback
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set
 
 CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -271,27 +272,3 @@ class LocalRayCluster:
                 break
         if remove_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def connect(address: Optional[str]) -> bool:
-    """Connect this process to Ray, unless it already is.
-
-    address (Optional[str]): ``host:port`` of a running cluster, ``"auto"``,
-        or None to use ``RAY_ADDRESS`` or start a local single-node Ray.
-    RETURNS (bool): Whether this call connected (and so should disconnect).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: Dict[str, Any] = {"log_to_driver": False}
-    host = (address or "").replace("ray://", "").rsplit(":", 1)[0]
-    if host in ("127.0.0.1", "localhost"):
-        # Join a loopback cluster as a loopback node (Ray would otherwise pick the routable IP).
-        kwargs["_node_ip_address"] = "127.0.0.1"
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # A local Ray started here: no dashboard, no usage stats.
-        kwargs["include_dashboard"] = False
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=address, **kwargs)
-    return True

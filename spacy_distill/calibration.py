@@ -1,0 +1,566 @@
+"""Calibrated probabilities: how far confidence is from accuracy, and a fix at serving time.
+
+* :func:`reliability` / :func:`expected_calibration_error`: the expected
+  calibration error (ECE, Guo et al. 2017) and the data of a reliability
+  diagram. The confidence of a prediction is its top class's probability; it
+  is correct when that class (the argmax) is the gold class. Confidences go
+  into ``n_bins`` equal-width bins, ``(i / n, (i + 1) / n]`` with 0.0 in the
+  first bin; ECE is the mean over bins of ``|accuracy − mean confidence|``,
+  weighted by the share of predictions in the bin.
+* The ``distill_calibration`` component: placed after a text classifier, it
+  rescales ``doc.cats`` with the scale (1 / temperature) and per-label bias of
+  a ``spacy-distill calibrate`` JSON, exactly as ``spacy-distill label
+  --calibration`` rescales the teacher's outputs (``spacy_distill.label``):
+  exclusive classes (softmax) through their log-probabilities, which equal
+  the logits up to a per-doc constant that the softmax ignores; multi-label
+  classes (sigmoids) through their log-odds, which are the logits. A server
+  can thus return calibrated probabilities; ``spacy-distill
+  calibrate-pipeline`` (``spacy_distill.calibration_cli``) writes a
+  calibrated copy of a pipeline. No torch is needed.
+"""
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import srsly
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.util import minibatch
+
+from .io import InputError
+from .teacher_scores import PROB_EPS
+
+DEFAULT_N_BINS = 15
+
+
+# --- fitting a calibration (temperature / Platt scaling) ------------------------------------
+
+
+@dataclass
+class Calibration:
+    """Platt / temperature scaling of the teacher's logits: ``scale · z + bias``.
+
+    A teacher fine-tuned for few steps ranks well but is under-confident (its
+    probabilities stay near uniform), which gives a student almost flat soft
+    targets. Fitting one scale and a bias per label on gold dev docs
+    (minimizing the negative log-likelihood, Guo et al. 2017) restores the
+    teacher's confidence without touching its ranking; the bias also moves its
+    decision threshold to where the dev gold says it belongs.
+
+    scale (float): Multiplier of the logits (1 / temperature).
+    bias (Dict[str, float]): Added per label.
+    exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
+    report (Dict[str, float]): Fit statistics (NLL and accuracy before/after, n_docs).
+    """
+
+    scale: float = 1.0
+    bias: Dict[str, float] = field(default_factory=dict)
+    exclusive_classes: bool = True
+    report: Dict[str, float] = field(default_factory=dict)
+
+    def apply(self, logits: Dict[str, float]) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """Calibrated (probs, logits) from raw logits.
+
+        logits (Dict[str, float]): Raw logits by label.
+        RETURNS (Scores): Calibrated probabilities and logits.
+        """
+        labels = list(logits)
+        z = numpy.asarray([logits[k] * self.scale + self.bias.get(k, 0.0) for k in labels])
+        if self.exclusive_classes:
+            e = numpy.exp(z - z.max())
+            p = e / e.sum()
+        else:
+            p = 1.0 / (1.0 + numpy.exp(-z))
+        return (
+            {k: float(v) for k, v in zip(labels, p)},
+            {k: float(v) for k, v in zip(labels, z)},
+        )
+
+    def to_dict(self) -> Dict:
+        """JSON-serializable form."""
+        return {"scale": self.scale, "bias": self.bias, "exclusive_classes": self.exclusive_classes, "report": self.report}
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "Calibration":
+        """Load from :meth:`to_dict` output.
+
+        data (Dict): The saved calibration.
+        RETURNS (Calibration): The calibration.
+        """
+        try:
+            return cls(
+                scale=float(data["scale"]),
+                bias={str(k): float(v) for k, v in data["bias"].items()},
+                exclusive_classes=bool(data["exclusive_classes"]),
+                report=dict(data.get("report", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a calibration file: {type(e).__name__}: {e}") from None
+
+
+def read_calibration(path: Path) -> Calibration:
+    """Read a calibration JSON written by ``spacy-distill calibrate``.
+
+    path (Path): The file.
+    RETURNS (Calibration): The calibration.
+    """
+    import srsly
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "no such calibration file")
+    try:
+        data = srsly.read_json(path)
+    except ValueError as err:
+        raise InputError(path, None, f"invalid JSON ({err})") from None
+    try:
+        return Calibration.from_dict(data)
+    except ValueError as err:
+        raise InputError(path, None, str(err)) from None
+
+
+def _nll_and_grads(Z: numpy.ndarray, Y: numpy.ndarray, log_a: float, b: numpy.ndarray, exclusive: bool):
+    a = numpy.exp(log_a)
+    S = a * Z + b
+    if exclusive:
+        S = S - S.max(axis=1, keepdims=True)
+        logp = S - numpy.log(numpy.exp(S).sum(axis=1, keepdims=True))
+        P = numpy.exp(logp)
+        nll = -(Y * logp).sum(axis=1).mean()
+    else:
+        P = 1.0 / (1.0 + numpy.exp(-S))
+        eps = 1e-12
+        nll = -(Y * numpy.log(P + eps) + (1 - Y) * numpy.log(1 - P + eps)).sum(axis=1).mean()
+    D = (P - Y) / len(Z)
+    return nll, float((D * Z).sum() * a), D.sum(axis=0), P
+
+
+def fit_calibration(
+    logits: List[Dict[str, float]],
+    gold: List[Dict[str, float]],
+    exclusive_classes: bool,
+    *,
+    fit_bias: bool = False,
+    n_iter: int = 3000,
+    learn_rate: float = 0.05,
+) -> Calibration:
+    """Fit one scale and a bias per label to gold labels (minimum NLL).
+
+    logits (List[Dict[str, float]]): Raw teacher logits per doc.
+    gold (List[Dict[str, float]]): Gold 0/1 cats per doc.
+    exclusive_classes (bool): Softmax (True) or sigmoid (False).
+    fit_bias (bool): Also fit a bias per label (Platt scaling), which can move
+        the teacher's decisions; by default only the scale (temperature
+        scaling), which keeps every decision of the teacher.
+    n_iter (int): Gradient steps (Adam).
+    learn_rate (float): Adam step size.
+    RETURNS (Calibration): The fitted calibration, with a report.
+    """
+    if not logits or len(logits) != len(gold):
+        raise ValueError(f"calibration needs gold docs with teacher logits, got {len(logits)} and {len(gold)}")
+    labels = sorted(logits[0])
+    Z = numpy.asarray([[z[k] for k in labels] for z in logits], dtype="f8")
+    if exclusive_classes:
+        # Softmax ignores a per-doc constant: centre it away for a well-posed fit.
+        Z = Z - Z.mean(axis=1, keepdims=True)
+    Y = numpy.asarray([[g.get(k, 0.0) for k in labels] for g in gold], dtype="f8")
+    params = numpy.zeros(1 + len(labels))
+    m = numpy.zeros_like(params)
+    v = numpy.zeros_like(params)
+    nll0, _, _, P0 = _nll_and_grads(Z, Y, 0.0, params[1:], exclusive_classes)
+    for t in range(1, n_iter + 1):
+        _, ga, gb, _ = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
+        g = numpy.concatenate([[ga], gb if fit_bias else numpy.zeros_like(gb)])
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        params -= learn_rate * (m / (1 - 0.9**t)) / (numpy.sqrt(v / (1 - 0.999**t)) + 1e-12)
+    nll1, _, _, P1 = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
+
+    def accuracy(P: numpy.ndarray) -> float:
+        if exclusive_classes:
+            return float((P.argmax(axis=1) == Y.argmax(axis=1)).mean())
+        return float(((P > 0.5) == (Y > 0.5)).mean())
+
+    bias = params[1:]
+    if exclusive_classes:
+        bias = bias - bias.mean()
+    return Calibration(
+        scale=float(numpy.exp(params[0])),
+        bias={k: float(b) for k, b in zip(labels, bias)},
+        exclusive_classes=exclusive_classes,
+        report={
+            "n_docs": len(Z),
+            "nll_before": float(nll0),
+            "nll_after": float(nll1),
+            "accuracy_before": accuracy(P0),
+            "accuracy_after": accuracy(P1),
+        },
+    )
+
+
+def calibrate_teacher(
+    nlp: Language,
+    docs: Iterable[Doc],
+    *,
+    component: Optional[str] = None,
+    batch_size: int = 32,
+    fit_bias: bool = False,
+    progress: bool = False,
+) -> Calibration:
+    """Run the teacher on gold-labelled docs and fit its calibration.
+
+    docs (Iterable[Doc]): Docs with gold ``doc.cats`` (e.g. the dev set).
+    nlp (Language): The teacher.
+    component (Optional[str]): Name of its text classifier.
+    batch_size (int): Batch size for ``nlp.pipe``.
+    fit_bias (bool): Also fit per-label biases (see :func:`fit_calibration`).
+    progress (bool): Show progress.
+    RETURNS (Calibration): The fitted calibration.
+    """
+    from .label import find_textcat, make_scorer
+
+    _, exclusive = find_textcat(nlp, component)
+    score = make_scorer(nlp, component, batch_size)
+    docs = [d for d in docs if d.cats]
+    if not docs:
+        raise ValueError("calibration needs docs with gold cats; none had any")
+    from .progress import progress_bar
+
+    # Scored in slices only to show progress: the teacher takes a minute here.
+    bar = progress_bar(len(docs), "calibrate", unit="doc", enabled=progress)
+    scored = []
+    for start in range(0, len(docs), max(batch_size, 256)):
+        chunk = docs[start : start + max(batch_size, 256)]
+        scored.extend(score([d.text for d in chunk]))
+        bar.update(len(chunk))
+    bar.close()
+    return fit_calibration([s[1][1] for s in scored], [d.cats for d in docs], exclusive, fit_bias=fit_bias)
+
+
+# --- measuring calibration --------------------------------------------------------------
+
+
+@dataclass
+class ReliabilityBin:
+    """One confidence bin of a reliability diagram.
+
+    lower (float): Lower edge (exclusive, except 0.0 for the first bin).
+    upper (float): Upper edge (inclusive).
+    count (int): Predictions in the bin.
+    confidence (Optional[float]): Their mean confidence; None if the bin is empty.
+    accuracy (Optional[float]): The share of them that is correct; None if empty.
+    """
+
+    lower: float
+    upper: float
+    count: int
+    confidence: Optional[float]
+    accuracy: Optional[float]
+
+
+@dataclass
+class Reliability:
+    """Expected calibration error and the reliability diagram it comes from.
+
+    ece (float): Expected calibration error, in [0, 1].
+    n (int): Number of predictions.
+    accuracy (float): Share of correct predictions.
+    confidence (float): Mean confidence.
+    bins (List[ReliabilityBin]): Every bin, empty ones included.
+    """
+
+    ece: float
+    n: int
+    accuracy: float
+    confidence: float
+    bins: List[ReliabilityBin]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-serializable form."""
+        return asdict(self)
+
+
+def _as_matrix(probs: Union[numpy.ndarray, Sequence[Sequence[float]]]) -> numpy.ndarray:
+    P = numpy.asarray(probs, dtype="f8")
+    if P.ndim != 2 or P.shape[0] == 0 or P.shape[1] == 0:
+        raise ValueError(
+            f"calibration needs a (docs × classes) matrix of probabilities with at least one doc "
+            f"and one class, got shape {P.shape}"
+        )
+    if not numpy.isfinite(P).all() or (P < 0).any() or (P > 1).any():
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    return P
+
+
+def reliability(
+    probs: Union[numpy.ndarray, Sequence[Sequence[float]]],
+    gold: Union[numpy.ndarray, Sequence[int]],
+    n_bins: int = DEFAULT_N_BINS,
+) -> Reliability:
+    """Expected calibration error and reliability-diagram bins of predictions.
+
+    probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities,
+        one row per doc, one column per class.
+    gold (Union[numpy.ndarray, Sequence[int]]): The gold class's column per doc.
+    n_bins (int): Number of equal-width confidence bins.
+    RETURNS (Reliability): ECE, overall accuracy and confidence, and the bins.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    P = _as_matrix(probs)
+    y = numpy.asarray(gold)
+    if y.shape != (P.shape[0],) or not numpy.issubdtype(y.dtype, numpy.integer):
+        raise ValueError(f"gold must hold one class index per doc ({P.shape[0]}), got shape {y.shape} of {y.dtype}")
+    if (y < 0).any() or (y >= P.shape[1]).any():
+        raise ValueError(f"gold class indices must be within [0, {P.shape[1] - 1}]")
+    confidence = P.max(axis=1)
+    correct = (P.argmax(axis=1) == y).astype("f8")
+    # ceil(c · n) − 1 puts an edge value i / n into the bin it closes (right-closed
+    # bins); clipping puts 0.0 into the first bin.
+    index = numpy.clip(numpy.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins: List[ReliabilityBin] = []
+    ece = 0.0
+    for i in range(n_bins):
+        mask = index == i
+        count = int(mask.sum())
+        conf = float(confidence[mask].mean()) if count else None
+        acc = float(correct[mask].mean()) if count else None
+        if count:
+            ece += count / len(P) * abs(acc - conf)
+        bins.append(ReliabilityBin(lower=i / n_bins, upper=(i + 1) / n_bins, count=count, confidence=conf, accuracy=acc))
+    return Reliability(
+        ece=float(ece), n=len(P), accuracy=float(correct.mean()), confidence=float(confidence.mean()), bins=bins
+    )
+
+
+def expected_calibration_error(
+    probs: Union[numpy.ndarray, Sequence[Sequence[float]]],
+    gold: Union[numpy.ndarray, Sequence[int]],
+    n_bins: int = DEFAULT_N_BINS,
+) -> float:
+    """Expected calibration error (see :func:`reliability`).
+
+    probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities per doc and class.
+    gold (Union[numpy.ndarray, Sequence[int]]): The gold class's column per doc.
+    n_bins (int): Number of equal-width confidence bins.
+    RETURNS (float): ECE, in [0, 1].
+    """
+    return reliability(probs, gold, n_bins).ece
+
+
+def calibrate_probs(
+    probs: Union[numpy.ndarray, Sequence[Sequence[float]]],
+    scale: float,
+    bias: Optional[Sequence[float]] = None,
+    exclusive_classes: bool = True,
+) -> numpy.ndarray:
+    """Rescale probabilities: ``softmax(scale · log p + bias)`` or ``sigmoid(scale · logit p + bias)``.
+
+    The same arithmetic as ``Calibration.apply(probs_to_logits(...))`` in
+    ``spacy_distill.label`` (probabilities clipped to ``[PROB_EPS, 1 − PROB_EPS]``
+    first), for a whole batch at once.
+
+    probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities per doc and class.
+    scale (float): Multiplier of the logits (1 / temperature).
+    bias (Optional[Sequence[float]]): Added per class (column); None for none.
+    exclusive_classes (bool): Softmax (True) or independent sigmoids (False).
+    RETURNS (numpy.ndarray): Calibrated probabilities, same shape.
+    """
+    P = numpy.clip(numpy.asarray(probs, dtype="f8"), PROB_EPS, 1 - PROB_EPS)
+    b = numpy.zeros(P.shape[-1]) if bias is None else numpy.asarray(bias, dtype="f8")
+    if exclusive_classes:
+        S = scale * numpy.log(P) + b
+        E = numpy.exp(S - S.max(axis=-1, keepdims=True))
+        return E / E.sum(axis=-1, keepdims=True)
+    return 1.0 / (1.0 + numpy.exp(-(scale * (numpy.log(P) - numpy.log1p(-P)) + b)))
+
+
+def _check_params(scale: float, bias: Dict[str, float], labels: Sequence[str]) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        # A scale <= 0 would flatten or flip the classifier's ranking, not calibrate it.
+        raise ValueError(f"distill_calibration: scale must be a finite number > 0, got {scale}")
+    if not all(math.isfinite(b) for b in bias.values()):
+        raise ValueError(f"distill_calibration: every bias must be finite, got {bias}")
+    unknown = sorted(set(bias) - set(labels)) if labels else []
+    if unknown:
+        raise ValueError(f"distill_calibration: bias for labels {unknown} that are not among its labels {list(labels)}")
+
+
+class CalibratedCats:
+    """Rescales the probabilities in ``doc.cats`` that a text classifier before it set.
+
+    Docs without tokens or without any of its labels in ``doc.cats`` pass
+    unchanged: the classifier made no prediction there to calibrate.
+
+    nlp (Language): The pipeline.
+    name (str): The component's name.
+    scale (float): Multiplier of the logits (1 / temperature), > 0.
+    bias (Dict[str, float]): Added to the logits per label (absent: 0).
+    exclusive_classes (bool): The classes are exclusive (softmax) or not (sigmoids).
+    labels (List[str]): The labels it rescales, those of one text classifier; an
+        empty list: every label in ``doc.cats``.
+    """
+
+    def __init__(
+        self,
+        nlp: Language,
+        name: str = "calibration",
+        *,
+        scale: float = 1.0,
+        bias: Optional[Dict[str, float]] = None,
+        exclusive_classes: bool = True,
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self._set_params(float(scale), dict(bias or {}), bool(exclusive_classes), list(labels))
+
+    def _set_params(self, scale: float, bias: Dict[str, float], exclusive_classes: bool, labels: List[str]) -> None:
+        bias = {str(k): float(v) for k, v in bias.items()}
+        labels = [str(label) for label in labels]
+        _check_params(scale, bias, labels)
+        self.scale = scale
+        self.bias = bias
+        self.exclusive_classes = exclusive_classes
+        self._labels = labels
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        """The labels it rescales (empty: every label in ``doc.cats``)."""
+        return tuple(self._labels)
+
+    @property
+    def cfg(self) -> Dict[str, Any]:
+        """Its parameters, as stored by :meth:`to_disk`."""
+        return {"scale": self.scale, "bias": dict(self.bias), "exclusive_classes": self.exclusive_classes, "labels": list(self._labels)}
+
+    def _labels_of(self, doc: Doc) -> Optional[List[str]]:
+        if len(doc) == 0 or not doc.cats:
+            return None
+        if not self._labels:
+            return list(doc.cats)
+        present = [label for label in self._labels if label in doc.cats]
+        if not present:
+            return None
+        if len(present) != len(self._labels):
+            # A softmax over a subset of the classes would not sum to the right total.
+            missing = [label for label in self._labels if label not in doc.cats]
+            raise ValueError(f"{self.name}: doc.cats lacks labels {missing} of the calibrated classifier")
+        return present
+
+    def _rescale(self, docs: List[Doc]) -> List[Doc]:
+        # Docs are grouped by their label set (one group in practice) so each group
+        # is rescaled in one array operation.
+        groups: Dict[Tuple[str, ...], List[Doc]] = {}
+        for doc in docs:
+            labels = self._labels_of(doc)
+            if labels is not None:
+                groups.setdefault(tuple(labels), []).append(doc)
+        for labels, group in groups.items():
+            P = [[doc.cats[label] for label in labels] for doc in group]
+            bias = [self.bias.get(label, 0.0) for label in labels]
+            Q = calibrate_probs(P, self.scale, bias, self.exclusive_classes)
+            for doc, row in zip(group, Q):
+                cats = dict(doc.cats)
+                cats.update({label: float(q) for label, q in zip(labels, row)})
+                doc.cats = cats
+        return docs
+
+    def __call__(self, doc: Doc) -> Doc:
+        """Rescale one doc's cats.
+
+        doc (Doc): A doc the text classifier has processed.
+        RETURNS (Doc): The same doc.
+        """
+        return self._rescale([doc])[0]
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Rescale a stream of docs, a batch at a time (same values as ``__call__``).
+
+        stream (Iterable[Doc]): Processed docs.
+        batch_size (int): Docs per array operation.
+        YIELDS (Doc): The docs, in order.
+        """
+        for batch in minibatch(stream, size=batch_size):
+            yield from self._rescale(list(batch))
+
+    def _load_cfg(self, data: Dict[str, Any]) -> None:
+        stored = (float(data["scale"]), dict(data["bias"]), bool(data["exclusive_classes"]), list(data["labels"]))
+        current = (self.scale, self.bias, self.exclusive_classes, self._labels)
+        default = (1.0, {}, True, [])
+        if current not in (stored, default):
+            # The stored values are the fitted ones (like a model's weights); a config
+            # that says otherwise was edited by hand or overridden at load time.
+            warnings.warn(
+                f"{self.name}: the stored calibration {self._describe(stored)} replaces the one in "
+                f"the config {self._describe(current)}; run `spacy-distill calibrate-pipeline` to change it",
+                stacklevel=2,
+            )
+        self._set_params(*stored)
+
+    @staticmethod
+    def _describe(params: Tuple[float, Dict[str, float], bool, List[str]]) -> str:
+        return f"(scale {params[0]}, bias {params[1]}, exclusive_classes {params[2]}, labels {params[3]})"
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        """Serialize its parameters.
+
+        exclude (Iterable[str]): Ignored (nothing to exclude).
+        RETURNS (bytes): The parameters as JSON.
+        """
+        return srsly.json_dumps(self.cfg).encode("utf8")
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "CalibratedCats":
+        """Load parameters written by :meth:`to_bytes`.
+
+        bytes_data (bytes): The data.
+        exclude (Iterable[str]): Ignored.
+        RETURNS (CalibratedCats): Itself.
+        """
+        self._load_cfg(srsly.json_loads(bytes_data))
+        return self
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        """Write its parameters to ``path/cfg``.
+
+        path (Union[str, Path]): The component's folder (created).
+        exclude (Iterable[str]): Ignored.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(path / "cfg", self.cfg)
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "CalibratedCats":
+        """Load parameters written by :meth:`to_disk`.
+
+        path (Union[str, Path]): The component's folder.
+        exclude (Iterable[str]): Ignored.
+        RETURNS (CalibratedCats): Itself.
+        """
+        self._load_cfg(srsly.read_json(Path(path) / "cfg"))
+        return self
+
+
+@Language.factory(
+    "distill_calibration",
+    requires=["doc.cats"],
+    assigns=["doc.cats"],
+    default_config={"scale": 1.0, "bias": {}, "exclusive_classes": True, "labels": []},
+)
+def make_distill_calibration(
+    nlp: Language, name: str, scale: float, bias: Dict[str, float], exclusive_classes: bool, labels: List[str]
+) -> CalibratedCats:
+    """The ``distill_calibration`` component (see :class:`CalibratedCats`).
+
+    nlp (Language): The pipeline.
+    name (str): The component's name.
+    scale (float): Multiplier of the logits (1 / temperature).
+    bias (Dict[str, float]): Added to the logits per label.
+    exclusive_classes (bool): Softmax (True) or sigmoid (False) classes.
+    labels (List[str]): The labels it rescales (empty: all in ``doc.cats``).
+    RETURNS (CalibratedCats): The component.
+    """
+    return CalibratedCats(nlp, name, scale=scale, bias=bias, exclusive_classes=exclusive_classes, labels=labels)

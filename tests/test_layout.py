@@ -1,0 +1,209 @@
+"""The package layout: no import cycle between folders, no plugin module that
+imports test code, and no plugin module that only the tests use.
+
+The import graph is read from the source with ``ast`` (nothing is imported):
+every ``import``/``from ... import`` in a module, at module level or inside a
+function (lazy imports count: they run too), plus string literals that name a
+module of the package (``importlib.import_module("spacy_distill.serving.cli")``).
+"""
+
+import ast
+import re
+from collections import deque
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "spacy_distill"
+# Code that is not the plugin: the plugin must never import it.
+NOT_THE_PLUGIN = ("tests", "benchmarks", "scripts")
+# Where the plugin is used outside itself, other than by tests: its entry points
+# (pyproject.toml), Ray Serve configs naming an import path, the project's
+# workflow (project.yml) and its scripts.
+USERS = ["pyproject.toml", "project.yml", "configs/*", "scripts/*.py"]
+DOTTED = re.compile(rf"\b{PACKAGE}(?:\.[A-Za-z_]\w*)*")
+
+
+def module_names(root: Path) -> Dict[str, Path]:
+    """Module name → file, for every module of the package under ``root``."""
+    modules = {}
+    for path in sorted((root / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def folder(module: str, modules: Dict[str, Path]) -> str:
+    """The package (folder) a module's file is in."""
+    return module if modules[module].name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _known(name: str, modules: Dict[str, Path]) -> Optional[str]:
+    """The longest prefix of a dotted name that is a module of the package."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(module: str, modules: Dict[str, Path]) -> Set[str]:
+    """The modules of the package that ``module`` imports, anywhere in its code.
+
+    Imports of other packages (spaCy, ``tests``, ...) are left out; see
+    :func:`foreign_imports`.
+    """
+    tree = ast.parse(modules[module].read_text(encoding="utf8"))
+    package = folder(module, modules)
+    found: Set[str] = set()
+    for node in ast.walk(tree):
+        names: List[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import mod` imports pkg.mod when that is a module.
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
+            names = [node.value]
+        for name in names:
+            known = _known(name, modules)
+            if known is not None and known != module:
+                found.add(known)
+    return found
+
+
+def foreign_imports(module: str, modules: Dict[str, Path], tops: Iterable[str]) -> Set[str]:
+    """The imports of ``module`` whose top-level package is one of ``tops``."""
+    tree = ast.parse(modules[module].read_text(encoding="utf8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        found.update(name for name in names if name.split(".")[0] in tops)
+    return found
+
+
+def import_graph(root: Path) -> Dict[str, Set[str]]:
+    modules = module_names(root)
+    return {module: imports(module, modules) for module in modules}
+
+
+def folder_cycles(root: Path) -> List[List[str]]:
+    """Import paths that leave a subpackage and come back into it.
+
+    Every folder below the package top is checked; the paths may run through
+    any module, the package top's included. The top itself is not checked as a
+    start: it holds the CLI, which wires every folder together, and modules that
+    have no folder yet.
+
+    RETURNS (List[List[str]]): One path (a list of modules) per offending folder.
+    """
+    modules = module_names(root)
+    graph = {module: imports(module, modules) for module in modules}
+    folders = {folder(module, modules) for module in modules} - {PACKAGE}
+    cycles = []
+    for home in sorted(folders):
+        inside = {m for m in modules if folder(m, modules) == home}
+        # Breadth-first from every edge out of the folder, never stepping back in
+        # until a path does: that path is the cycle.
+        parent: Dict[str, str] = {}
+        queue = deque()
+        for a in sorted(inside):
+            for b in sorted(graph[a] - inside):
+                if b not in parent:
+                    parent[b] = a
+                    queue.append(b)
+        while queue:
+            node = queue.popleft()
+            back = sorted(graph[node] & inside)
+            if back:
+                path = [back[0], node]
+                while path[-1] in parent:
+                    path.append(parent[path[-1]])
+                cycles.append(path[::-1])
+                break
+            for b in sorted(graph[node] - inside):
+                if b not in parent:
+                    parent[b] = node
+                    queue.append(b)
+    return cycles
+
+
+def used_outside_tests(root: Path) -> Set[str]:
+    """The modules that the plugin's users reach (see ``USERS``), by imports."""
+    modules = module_names(root)
+    graph = {module: imports(module, modules) for module in modules}
+    for module in modules:
+        # Importing a.b.c runs a/__init__ and a/b/__init__.
+        parts = module.split(".")
+        graph[module] |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    start = {PACKAGE}
+    for pattern in USERS:
+        for path in root.glob(pattern):
+            if path.is_file():
+                for name in DOTTED.findall(path.read_text(encoding="utf8", errors="replace")):
+                    known = _known(name, modules)
+                    if known:
+                        start.add(known)
+    seen, queue = set(start), deque(start)
+    while queue:
+        for b in graph[queue.popleft()] - seen:
+            seen.add(b)
+            queue.append(b)
+    return seen
+
+
+def test_import_graph_sees_relative_lazy_and_string_imports():
+    modules = module_names(REPO)
+    # A lazy relative import inside a function (the `serve --ray` command).
+    assert "spacy_distill.serving.ray_serve" in imports("spacy_distill.serving.cli", modules)
+    # importlib.import_module("spacy_distill.serving.cli") in the CLI.
+    assert "spacy_distill.serving.cli" in imports("spacy_distill.cli", modules)
+    # `from .. import x` style and parent-relative imports.
+    assert "spacy_distill.ray_connect" in imports("spacy_distill.serving.ray_serve", modules)
+
+
+def test_no_import_cycle_between_folders():
+    cycles = folder_cycles(REPO)
+    assert not cycles, "imports that leave a folder and come back: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_folder_cycle_is_detected(tmp_path):
+    # The check itself: serving/cli -> ray_serving (top) -> serving/app, the cycle
+    # this layout removed, is found; the same modules without it are not.
+    pkg = tmp_path / PACKAGE
+    (pkg / "serving").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "serving" / "__init__.py").write_text("")
+    (pkg / "serving" / "app.py").write_text("")
+    (pkg / "serving" / "cli.py").write_text("def serve():\n    from ..ray_serving import x\n")
+    (pkg / "ray_serving.py").write_text("from .serving.app import create_app\n")
+    assert folder_cycles(tmp_path) == [
+        ["spacy_distill.serving.cli", "spacy_distill.ray_serving", "spacy_distill.serving.app"]
+    ]
+    (pkg / "ray_serving.py").write_text("import ray\n")
+    assert folder_cycles(tmp_path) == []
+
+
+@pytest.mark.parametrize("module", sorted(module_names(REPO)))
+def test_plugin_never_imports_test_code(module):
+    assert not foreign_imports(module, module_names(REPO), NOT_THE_PLUGIN)
+
+
+def test_every_plugin_module_is_used_outside_the_tests():
+    unused = set(module_names(REPO)) - used_outside_tests(REPO)
+    assert not unused, (
+        f"{sorted(unused)} are used by no entry point, config, project command or script "
+        "(test harnesses belong under tests/)"
+    )
