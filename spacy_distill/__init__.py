@@ -1,35 +1,38 @@
 """spacy-distill: distil transformer text classifiers into small spaCy students.
 
-Importing the package registers its components, architectures, losses, tokenizer,
-augmenter, reader and training logger (installed entry points do the same without the import).
+Everything the package registers (the ``distill_textcat`` and
+``distill_calibration`` factories, architectures, layers, losses, tokenizer,
+augmenter, reader, training logger) is found through its entry points, so
+``spacy.load`` and ``spacy train`` need neither ``--code`` nor an import of this
+package. The package itself imports nothing heavy: ``import spacy_distill`` or
+``python -m spacy_distill.cli`` does not import spaCy, thinc or torch until a
+command or name needs them. That is what lets ``spacy-distill serve`` keep torch
+out of a server of torch-free students (thinc imports torch whenever it can).
+The names below are imported on first use.
 """
 
-from . import (  # noqa: F401
-    augment,
-    char_ngrams,
-    component,
-    layers,
-    losses,
-    models,
-    progress,
-    readers,
-    teacher_scores,
-    tokenizer,
-)
-from .component import DistillTextCategorizer
-from .losses import DistillLoss, DistillTargets, LogitMSE, SoftCrossEntropy
-from .teacher_scores import get_teacher_logits, get_teacher_probs, set_teacher_scores
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DistillTextCategorizer",
-    "DistillLoss",
-    "DistillTargets",
-    "LogitMSE",
-    "SoftCrossEntropy",
-    "get_teacher_logits",
-    "get_teacher_probs",
-    "set_teacher_scores",
-    "__version__",
-]
+# Public name -> module that defines it (imported on first access, PEP 562).
+_LAZY = {
+    "DistillTextCategorizer": "component",
+    "DistillLoss": "losses",
+    "DistillTargets": "losses",
+    "LogitMSE": "losses",
+    "SoftCrossEntropy": "losses",
+    "get_teacher_logits": "teacher_scores",
+    "get_teacher_probs": "teacher_scores",
+    "set_teacher_scores": "teacher_scores",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spacy_distill' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_HELP = "Show the traceback of unexpected errors (by default: one line)."
 
 # Failures whose message is already the whole story: no type name, no hint.
-EXPECTED = (InputError, UsageError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+EXPECTED = (InputError, UsageError)
 
 
 def fail(message: str) -> NoReturn:
@@ -60,6 +60,7 @@ def one_line_errors(func: F) -> F:
         except EXPECTED as err:
             fail(_first_line(err))
         except OSError as err:
+            # "path: No such file or directory", not "[Errno 2] ...".
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             fail(f"{where}{err.strerror or _first_line(err)}")
         except Exception as err:  # noqa: BLE001 - the point of this wrapper

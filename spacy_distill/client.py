@@ -20,7 +20,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import httpx
+try:
+    import httpx
+except ImportError as err:  # pragma: no cover - depends on the install
+    raise ImportError(f"the client needs httpx: pip install 'spacy-distill[client]' ({err})") from None
 
 __all__ = [
     "Client",

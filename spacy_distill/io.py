@@ -274,6 +274,29 @@ def record_to_dict(record: Record, result: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def batched(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    """Lists of ``size`` items (the last may be shorter), streamed.
+
+    ``spacy.util.minibatch`` does the same where spaCy is loaded anyway; this
+    one keeps ``spacy-distill client`` free of spaCy (and of the torch that
+    thinc imports with it).
+
+    items (Iterable[Any]): The items.
+    size (int): Items per batch (>= 1).
+    YIELDS (List[Any]): The batches, in order.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    batch: List[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 # --- writing -----------------------------------------------------------------
 
 _UMASK_LOCK = threading.Lock()
@@ -306,7 +329,8 @@ def check_output(
     An output is refused when its path is empty, is a path of the other kind
     (a directory where a file is written, or the reverse), is or contains or
     lies inside one of the inputs, exists and ``overwrite`` is False, or cannot
-    be created (a parent that is a file, or not writable).
+    be created (a parent that is a file, or not writable). Missing parent
+    directories are created.
 
     output (PathLike): The output path.
     inputs (Sequence[PathLike]): Paths the command reads (never written).
@@ -330,7 +354,13 @@ def check_output(
         if not path.exists():
             continue
         if _same_or_inside(out, path) or _same_or_inside(path, out):
-            raise UsageError(f"{name}: {out} is (or contains, or is inside) the input {path}; write the output elsewhere")
+            if out.resolve() == path.resolve():
+                relation = "is the input"
+            elif _same_or_inside(out, path):
+                relation = "is inside the input"
+            else:
+                relation = "contains the input"
+            raise UsageError(f"{name}: {out} {relation} {path}; write the output elsewhere")
     if out.exists() and not overwrite:
         raise UsageError(f"{name}: {out} exists; add --overwrite to replace it")
     existing = out.parent
@@ -340,6 +370,11 @@ def check_output(
         raise UsageError(f"{name}: cannot create {out}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{name}: cannot create {out}: {existing} is not writable")
+    try:
+        # Create the parent now, so an impossible one fails before any work.
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{name}: cannot create {out.parent}: {err.strerror or err}") from None
     return out
 
 
@@ -464,6 +499,7 @@ __all__ = [
     "Record",
     "UsageError",
     "atomic_path",
+    "batched",
     "check_output",
     "count_records",
     "exit_on_sigterm",

@@ -88,13 +88,13 @@ def _label(teacher, inp, out, *extra):
     "command,make_output,message",
     [
         ("augment", lambda d, inp: (d / "victim").mkdir() or d / "victim", "exists and is a directory"),
-        ("augment", lambda d, inp: inp, "is (or contains, or is inside) the input"),
+        ("augment", lambda d, inp: inp, "is the input"),
         ("augment", lambda d, inp: _file(d / "old.jsonl", b"keep\n"), "exists; add --overwrite"),
         ("label", lambda d, inp: (d / "victim2").mkdir() or d / "victim2", "exists; add --overwrite"),
         ("label", lambda d, inp: _file(d / "plain.txt", b"keep\n"), "exists and is not a directory"),
         ("label", lambda d, inp: _file(d / "old.spacy", b"keep"), "exists; add --overwrite"),
-        ("label", lambda d, inp: d, "is (or contains, or is inside) the input"),
-        ("label", lambda d, inp: inp.with_suffix(".spacy").parent / "in.jsonl" / "x", "is (or contains, or is inside) the input"),
+        ("label", lambda d, inp: d, "contains the input"),
+        ("label", lambda d, inp: inp.parent / "in.jsonl" / "x", "is inside the input"),
     ],
 )
 def test_refuses_to_write_over(bow_teacher, tmp_path, inputs, command, make_output, message):

@@ -157,7 +157,7 @@ def test_classify_refuses_bad_outputs(app: typer.Typer, model_dir: Path, tmp_pat
     cases = {
         "": "empty",
         str(tmp_path): "is a directory",
-        str(source): "is the input file",
+        str(source): "is the input",
         str(a_file / "out.jsonl"): "is not a directory",
         "/proc/no-such-dir/out.jsonl": "cannot create",
         str(a_file): "exists; add --overwrite",

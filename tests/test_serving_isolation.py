@@ -239,7 +239,17 @@ def test_stuck_worker_is_killed_and_replaced(live: LiveServer) -> None:
     assert ok.status_code == 200
 
 
-def test_dead_worker_is_replaced(live: LiveServer) -> None:
+@pytest.fixture(scope="module")
+def live_patient(model_dir: Path) -> Iterator[LiveServer]:
+    # Room for a worker restart inside one request's deadline, however busy the
+    # machine: starting a worker imports spaCy and loads the pipeline (1-5 s).
+    settings = ServeSettings(request_timeout_s=60.0, cancel_grace_s=0.5)
+    with LiveServer(create_app({"student": str(model_dir)}, settings)) as server:
+        yield server
+
+
+def test_dead_worker_is_replaced(live_patient: LiveServer) -> None:
+    live = live_patient
     before = _runtime(live.url)
     os.kill(before["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -264,3 +274,40 @@ def test_thread_mode_still_serves(model_dir: Path) -> None:
         assert response.status_code == 200
         runtime = _runtime(server.url)
     assert runtime["backend"] == "thread" and runtime["pid"] == os.getpid()
+
+
+def _mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps", encoding="utf8", errors="replace") as f:
+        return f.read()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_cli_server_process_imports_no_torch(model_dir: Path, tmp_path: Path) -> None:
+    # `spacy-distill serve` with worker processes: the HTTP process parses and
+    # batches only, so neither it nor a torch-free student's worker maps torch,
+    # scikit-learn or scipy (thinc would import torch whenever it can).
+    import subprocess
+    import sys
+
+    from .serving_harness import free_port, wait_until_ready
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spacy_distill.cli", "serve", f"student={model_dir}", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, timeout=120)
+        assert httpx.post(f"{url}/classify", json={"texts": ["fine"]}, timeout=30).status_code == 200
+        worker = httpx.get(f"{url}/status", timeout=10).json()["models"]["student"]["runtime"]["pid"]
+        for pid in (proc.pid, worker):
+            maps = _mapped_files(pid)
+            for library in ("/torch/", "/sklearn/", "/scipy/"):
+                assert library not in maps, (pid, library)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

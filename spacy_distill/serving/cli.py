@@ -5,19 +5,18 @@ Heavy imports (spaCy, FastAPI, uvicorn) happen inside the commands, so the
 ``python -m spacy_distill.serving.cli`` too.
 """
 
-import functools
 import ipaddress
 import json
 import logging
-import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
-import click
 import typer
 
+from ..cli_errors import DEBUG_HELP
+from ..cli_errors import one_line_errors as _one_line_errors
 from .settings import TOKEN_ENV_VAR
 
 T = TypeVar("T")
@@ -42,76 +41,9 @@ class Inference(str, Enum):
     process = "process"
     thread = "thread"
 
-DEBUG_HELP = "Show the traceback of unexpected errors (by default: one line)."
-
-
 def _fail(message: str) -> "typer.Exit":
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
-
-
-def _one_line_errors(func: F) -> F:
-    """Turn unexpected exceptions of a command into one ``error:`` line.
-
-    The command must take a ``debug`` keyword argument; with ``--debug`` the
-    exception (and its traceback) propagates instead.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
-            raise
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-        except Exception as err:  # noqa: BLE001 - the point of this wrapper
-            if kwargs.get("debug"):
-                raise
-            text = str(err).strip().splitlines()
-            detail = f": {text[0]}" if text else ""
-            raise _fail(f"{type(err).__name__}{detail} (--debug shows the traceback)") from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def check_output_path(output: Path, inputs: Sequence[Path] = ()) -> Path:
-    """Refuse an output path that cannot be written as a file, or is an input.
-
-    output (Path): The output file.
-    inputs (Sequence[Path]): Files the command reads (never overwritten).
-    RETURNS (Path): The output path.
-    """
-    if str(output) in ("", "."):
-        raise ValueError("the output path is empty")
-    if output.is_dir():
-        raise ValueError(f"{output} is a directory; give a file name")
-    if output.exists() and not output.is_file():
-        raise ValueError(f"{output} exists and is not a regular file")
-    for path in inputs:
-        if path.exists() and output.exists() and os.path.samefile(path, output):
-            raise ValueError(f"{output} is the input file; write the output elsewhere")
-    parent = output.parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"cannot create {output}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot create {output}: {existing} is not writable")
-    return output
-
-
-def _chunks(items: Iterator[T], size: int) -> Iterator[List[T]]:
-    chunk: List[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _is_loopback(host: str) -> bool:
@@ -265,6 +197,11 @@ def _serve(
     replicas: int,
     debug: bool,
 ) -> None:
+    if Inference(inference) is Inference.process and not ray and "torch" not in sys.modules:
+        # Models run in worker processes (which import torch themselves when a
+        # pipeline needs it); this process only parses HTTP and batches, so keep
+        # thinc from importing torch here (~130 MB of a torch-free student's server).
+        sys.modules["torch"] = None  # type: ignore[assignment]
     from .settings import ServeSettings
 
     level = LogLevel(log_level).value
@@ -414,25 +351,11 @@ def _classify_file(
     overwrite: bool,
     debug: bool,
 ) -> None:
-    import signal
+    from ..io import atomic_path, check_output, count_records, read_records
 
-    from .textfiles import InputError, iter_records
-
-    try:
-        check_output_path(output, [input_path])
-    except ValueError as err:
-        raise _fail(f"-o/--output: {err}") from None
-    if output.exists() and not overwrite:
-        raise _fail(f"-o/--output: {output} exists; add --overwrite to replace it")
-    try:
-        records = iter_records(input_path, text_field)
-        first = next(records, None)  # surface "no such file" before loading the model
-    except InputError as err:
-        raise _fail(str(err)) from None
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _fail(f"-o/--output: cannot create {output.parent}: {err.strerror}") from None
+    check_output(output, inputs=[input_path], overwrite=overwrite, name="-o/--output")
+    records = read_records(input_path, text_field)
+    first = next(records, None)  # surface input errors before loading the model
     import spacy
 
     try:
@@ -445,46 +368,33 @@ def _classify_file(
             yield first
             yield from records
 
-    # Same directory, so the final rename is atomic and never crosses filesystems.
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    # SIGTERM (a scheduler stopping the job) runs the clean-up below, like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        n = _write_scores(nlp, all_records(), tmp, batch_size, progress)
-        os.replace(tmp, output)
-    except InputError as err:
-        raise _fail(str(err)) from None
-    except OSError as err:
-        raise _fail(f"-o/--output: cannot write {output}: {err.strerror or err}") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(output) as tmp:
+        n = _write_scores(nlp, all_records(), tmp, batch_size, progress, count_records(input_path))
     typer.echo(f"wrote {n} results to {output}", err=True)
 
 
 def _write_scores(
-    nlp: Any, records: Iterator[Any], tmp: Path, batch_size: int, progress: bool
+    nlp: Any, records: Iterator[Any], tmp: Path, batch_size: int, progress: bool, total: Optional[int] = None
 ) -> int:
     """Score records into ``tmp``; RETURNS (int): how many."""
-    from tqdm import tqdm
+    from spacy.util import minibatch
 
+    from ..io import record_to_dict
+    from ..progress import progress_bar
     from .inference import classify_result, empty_classify_result, process_texts
-    from .textfiles import record_to_dict
 
     empty = empty_classify_result(nlp)
     n = 0
-    with (
-        tmp.open("w", encoding="utf-8") as out,
-        tqdm(unit=" texts", desc="classify", disable=not progress, file=sys.stderr) as bar,
-    ):
-        for chunk in _chunks(records, batch_size):
+    bar = progress_bar(total, "classify", unit="text", enabled=progress)
+    with tmp.open("w", encoding="utf-8") as out:
+        for chunk in minibatch(records, batch_size):
             docs = process_texts(nlp, [r.text for r in chunk], batch_size)
             for record, doc in zip(chunk, docs):
                 result = classify_result(doc) if doc is not None else dict(empty)
                 out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
             n += len(chunk)
             bar.update(len(chunk))
+    bar.close()
     return n
 
 
@@ -526,8 +436,11 @@ def _client_classify(
     text_field: str,
     debug: bool,
 ) -> None:
-    from ..client import Client, ClientError
-    from .textfiles import InputError, iter_records, record_to_dict
+    try:
+        from ..client import Client, ClientError
+    except ImportError as err:
+        raise _fail(str(err)) from None
+    from ..io import InputError, batched, read_records, record_to_dict
 
     try:
         client = Client(url, token=token, timeout=timeout, retries=retries)
@@ -535,7 +448,7 @@ def _client_classify(
         raise _fail(str(err)) from None
     try:
         with client:
-            for chunk in _chunks(iter_records(input_path, text_field), batch_size):
+            for chunk in batched(read_records(input_path, text_field), batch_size):
                 results = client.classify([r.text for r in chunk], model=model)
                 for record, result in zip(chunk, results):
                     sys.stdout.write(
