@@ -29,7 +29,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spacy_distill.serving.textfiles import iter_records  # noqa: E402
+from spacy_distill.io import read_records  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -207,7 +207,7 @@ def main(
 ) -> None:
     """Measure serving throughput and latency for one or more models."""
     records = []
-    for record in iter_records(texts):
+    for record in read_records(texts):
         records.append(record.text[:max_chars])
         if len(records) >= n_texts:
             break

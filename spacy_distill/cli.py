@@ -20,7 +20,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "spacy_distill.commands",  # augment, label
     "spacy_distill.calibration_cli",  # calibrate-pipeline
-    "spacy_distill.convert_e5",  # convert-e5
+    "spacy_distill.teacher.e5.cli",  # convert-e5
     "spacy_distill.serving.cli",  # serve, classify, client
 )
 

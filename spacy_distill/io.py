@@ -411,15 +411,23 @@ def atomic_path(target: PathLike, *, is_dir: bool = False, suffix: str = "") -> 
     except BaseException:
         _remove(tmp)
         raise
-    if target.is_dir() and not target.is_symlink():
-        # A directory cannot be replaced in one rename: move the old one aside
-        # first, so that the target name is never absent for long nor mixed.
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    try:
+        if target.is_symlink() and is_dir:
+            # Replace the link itself, never the folder it points to.
+            target.unlink()
+            tmp.rename(target)
+        elif target.is_dir() and not target.is_symlink():
+            # A directory cannot be replaced in one rename: move the old one aside
+            # first, so that the target name is never absent for long nor mixed.
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
 @contextlib.contextmanager

