@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_student import minilm_teacher, read_texts, untrained_student  # noqa: E402
 
 from spacy_distill.io import Record  # noqa: E402
-from spacy_distill.label import label_records  # noqa: E402
 from spacy_distill.ray_connect import connect  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
+from spacy_distill.teacher.label import label_records  # noqa: E402
 
 # The loopback Ray cluster and the live server are the tests' harnesses: one copy
 # for the tests and this benchmark, outside the plugin.
@@ -150,7 +150,7 @@ def bench_labelling(
     teacher: Path, texts: List[str], cluster: LocalRayCluster, workdir: Path, chunk_size: int
 ) -> Dict[str, Dict[str, Any]]:
     """Local ``label_records`` against ``label_on_ray`` with 1 and 2 actors."""
-    from spacy_distill.ray_label import label_on_ray
+    from spacy_distill.teacher.ray_label import label_on_ray
 
     records = [Record(text=t) for t in texts]
     results: Dict[str, Dict[str, Any]] = {}

@@ -6,9 +6,9 @@ subset of the test texts, batched (``nlp.pipe``) and one doc at a time
 (``nlp(text)``). All systems are timed in the same process so ratios hold.
 
 Calibration: the expected calibration error (ECE, ``n_bins`` equal-width bins;
-``spacy_distill.calibration``) of every system's test probabilities, the same
+``spacy_distill.pipeline.calibration``) of every system's test probabilities, the same
 predictions that give its accuracy, and, with ``--dev``, its ECE after
-temperature scaling: one scale of the logits (``spacy_distill.label.fit_calibration``,
+temperature scaling: one scale of the logits (``spacy_distill.pipeline.calibration.fit_calibration``,
 no bias, so no decision changes), fitted on a seeded subset of the dev docs
 (``n_calibration`` per language), never on test. Reliability diagrams of all
 systems, before and after, go to ``OUTDIR/reliability.png``.
@@ -30,9 +30,9 @@ from spacy.cli._util import parse_config_overrides
 from spacy.language import Language
 from spacy.tokens import DocBin
 
-from spacy_distill.calibration import calibrate_probs, fit_calibration, reliability
-from spacy_distill.label import find_textcat, probs_to_logits
+from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration, reliability
 from spacy_distill.progress import progress_bar
+from spacy_distill.teacher.label import find_textcat, probs_to_logits
 
 
 def load_system(path: Path) -> Any:

@@ -16,7 +16,7 @@ import typer
 from common import run, write_json, write_text
 from spacy.tokens import DocBin
 
-from spacy_distill.teacher_scores import get_teacher_probs
+from spacy_distill.pipeline.teacher_scores import get_teacher_probs
 
 
 def summarise(labelled: Path, parts: List[str]) -> Dict[str, Any]:

@@ -18,14 +18,14 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it (imported on first access, PEP 562).
 _LAZY = {
-    "DistillTextCategorizer": "component",
-    "DistillLoss": "losses",
-    "DistillTargets": "losses",
-    "LogitMSE": "losses",
-    "SoftCrossEntropy": "losses",
-    "get_teacher_logits": "teacher_scores",
-    "get_teacher_probs": "teacher_scores",
-    "set_teacher_scores": "teacher_scores",
+    "DistillTextCategorizer": "pipeline.component",
+    "DistillLoss": "pipeline.losses",
+    "DistillTargets": "pipeline.losses",
+    "LogitMSE": "pipeline.losses",
+    "SoftCrossEntropy": "pipeline.losses",
+    "get_teacher_logits": "pipeline.teacher_scores",
+    "get_teacher_probs": "pipeline.teacher_scores",
+    "set_teacher_scores": "pipeline.teacher_scores",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -18,8 +18,8 @@ app = typer.Typer(
 
 # Modules that add commands; imported lazily inside their commands where heavy.
 _COMMAND_MODULES = (
-    "spacy_distill.commands",  # augment, label
-    "spacy_distill.calibration_cli",  # calibrate-pipeline
+    "spacy_distill.augment.cli",  # augment
+    "spacy_distill.teacher.cli",  # label, calibrate, calibrate-pipeline
     "spacy_distill.teacher.e5.cli",  # convert-e5
     "spacy_distill.serving.cli",  # serve, classify, client
 )

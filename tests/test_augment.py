@@ -6,7 +6,7 @@ import spacy
 from spacy.tokens import Doc
 from typer.testing import CliRunner
 
-from spacy_distill.augment import PosAugmenter, create_pos_augmenter, doc_to_tokens
+from spacy_distill.augment.augmenter import PosAugmenter, create_pos_augmenter, doc_to_tokens
 from spacy_distill.cli import app
 
 WORDS = "the good cheap phone works and the bad old cable breaks".split()

@@ -14,14 +14,14 @@ import spacy
 import srsly
 from typer.testing import CliRunner
 
-from spacy_distill.calibration import (
+from spacy_distill.cli import app
+from spacy_distill.pipeline.calibration import (
     CalibratedCats,
     calibrate_probs,
     expected_calibration_error,
     reliability,
 )
-from spacy_distill.cli import app
-from spacy_distill.label import Calibration, probs_to_logits
+from spacy_distill.teacher.label import Calibration, probs_to_logits
 
 from .serving_harness import build_test_pipeline
 
@@ -284,7 +284,7 @@ def test_fresh_process_loads_without_importing_the_package(pipelines):
         "import json, sys, spacy\n"
         "assert 'spacy_distill' not in sys.modules\n"
         f"nlp = spacy.load({str(pipelines['calibrated'])!r})\n"
-        "assert 'spacy_distill.calibration' in sys.modules\n"
+        "assert 'spacy_distill.pipeline.calibration' in sys.modules\n"
         f"print(json.dumps([nlp(t).cats for t in {TEXTS!r}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from spacy.strings import hash_string
 from spacy.util import load_config_from_str, load_model_from_config
 from thinc.api import fix_random_seed
 
-from spacy_distill.char_ngrams import (
+from spacy_distill.pipeline.char_ngrams import (
     WORD_CACHE_SIZE,
     _word_keys,
     build_char_ngram_bow,
@@ -291,7 +291,7 @@ def test_entry_points_register_without_importing_the_package():
     assert "spacy_distill" not in sys.modules
     layer = registry.resolve({"x": {"@layers": "spacy-distill.extract_char_ngrams.v1", "max_n": 2}})["x"]
     build = registry.architectures.get("spacy-distill.CharNgramBOW.v1")
-    assert build.__module__ == "spacy_distill.char_ngrams", build.__module__
+    assert build.__module__ == "spacy_distill.pipeline.char_ngrams", build.__module__
     (keys, vals, lengths), _ = layer([spacy.blank("en")("ab")], is_train=False)
     print(layer.name, lengths.tolist())
     """

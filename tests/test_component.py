@@ -10,9 +10,9 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 from spacy.util import registry
 
-from spacy_distill.component import DistillTextCategorizer
-from spacy_distill.layers import with_nonempty_docs
-from spacy_distill.teacher_scores import get_teacher_logits, set_teacher_scores
+from spacy_distill.pipeline.component import DistillTextCategorizer
+from spacy_distill.pipeline.layers import with_nonempty_docs
+from spacy_distill.pipeline.teacher_scores import get_teacher_logits, set_teacher_scores
 
 from .util import (
     LABELS,

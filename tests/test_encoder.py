@@ -13,8 +13,8 @@ import spacy
 from spacy.tokens import DocBin
 from spacy.util import load_config_from_str, load_model_from_config
 
-from spacy_distill.encoder import length_batches
-from spacy_distill.label import make_scorer
+from spacy_distill.teacher.encoder import length_batches
+from spacy_distill.teacher.label import make_scorer
 
 from .util import SOFT_DATA, blank_xx
 
@@ -106,7 +106,7 @@ def test_prefix_and_pooling_change_the_vectors(nlp, prefix, pooling):
 
 @pytest.mark.parametrize("args", [{"pooling": "max"}, {"max_length": 4}, {"max_length": 64, "max_batch_tokens": 32}])
 def test_bad_encoder_settings(args):
-    from spacy_distill.encoder import SentenceEncoder
+    from spacy_distill.teacher.encoder import SentenceEncoder
 
     with pytest.raises(ValueError, match="SentenceEncoder"):
         SentenceEncoder("unused", **args)

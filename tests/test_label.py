@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from spacy_distill.cli import app
 from spacy_distill.io import Record
-from spacy_distill.label import label_records, probs_to_logits
-from spacy_distill.readers import create_teacher_labelled_reader
-from spacy_distill.teacher_scores import get_teacher_logits, get_teacher_probs
+from spacy_distill.pipeline.readers import create_teacher_labelled_reader
+from spacy_distill.pipeline.teacher_scores import get_teacher_logits, get_teacher_probs
+from spacy_distill.teacher.label import label_records, probs_to_logits
 
 from .teacher_config import transformer_textcat_config
 from .util import STUDENT_CONFIG, blank_xx
@@ -162,7 +162,7 @@ def test_fit_calibration_recovers_a_temperature():
     # factor of 3, which temperature scaling recovers; decisions are unchanged.
     import numpy
 
-    from spacy_distill.label import Calibration, fit_calibration
+    from spacy_distill.pipeline.calibration import Calibration, fit_calibration
 
     rng = numpy.random.default_rng(0)
     logits, gold = [], []
@@ -185,7 +185,7 @@ def test_fit_calibration_recovers_a_temperature():
 
 
 def test_calibration_file_errors(tmp_path):
-    from spacy_distill.label import Calibration
+    from spacy_distill.teacher.label import Calibration
 
     with pytest.raises(ValueError, match="not a calibration file"):
         Calibration.from_dict({"scale": 1.0})

@@ -4,7 +4,7 @@ import numpy
 import pytest
 from spacy.util import registry
 
-from spacy_distill.losses import (
+from spacy_distill.pipeline.losses import (
     DistillLoss,
     DistillTargets,
     HardCrossEntropy,

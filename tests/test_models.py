@@ -19,8 +19,13 @@ from spacy.util import registry
 from thinc.api import LSTM, Linear, Model, add, chain, with_padded
 from thinc.types import Floats2d
 
-from spacy_distill.layers import MeanMaxPool, output_width, with_nonempty, with_nonempty_docs
-from spacy_distill.models import FORWARD_WITH_TOKEN_VECTORS, predict_with_token_vectors
+from spacy_distill.pipeline.layers import (
+    MeanMaxPool,
+    output_width,
+    with_nonempty,
+    with_nonempty_docs,
+)
+from spacy_distill.pipeline.models import FORWARD_WITH_TOKEN_VECTORS, predict_with_token_vectors
 
 from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, STUDENT_CONFIG, blank_xx, soft_examples, train
 

@@ -32,9 +32,8 @@ from ray import serve  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
 
 from spacy_distill.io import Record  # noqa: E402
-from spacy_distill.label import label_records  # noqa: E402
+from spacy_distill.pipeline.teacher_scores import get_teacher_logits, get_teacher_probs  # noqa: E402
 from spacy_distill.ray_connect import connect  # noqa: E402
-from spacy_distill.ray_label import label_on_ray  # noqa: E402
 from spacy_distill.serving.ray_serve import (  # noqa: E402
     APP_NAME,
     NODE_HEADER,
@@ -43,7 +42,8 @@ from spacy_distill.serving.ray_serve import (  # noqa: E402
     serve_on_ray,
 )
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
-from spacy_distill.teacher_scores import get_teacher_logits, get_teacher_probs  # noqa: E402
+from spacy_distill.teacher.label import label_records  # noqa: E402
+from spacy_distill.teacher.ray_label import label_on_ray  # noqa: E402
 
 from .ray_harness import (  # noqa: E402
     LocalRayCluster,

@@ -8,9 +8,9 @@ import pytest
 from spacy.tokens import DocBin
 from spacy.util import registry
 
-from spacy_distill.augment import PosAugmenter
-from spacy_distill.layers import MeanMaxPool
-from spacy_distill.models import FORWARD_WITH_TOKEN_VECTORS
+from spacy_distill.augment.augmenter import PosAugmenter
+from spacy_distill.pipeline.layers import MeanMaxPool
+from spacy_distill.pipeline.models import FORWARD_WITH_TOKEN_VECTORS
 
 from .util import LABELS, SOFT_DATA, blank_xx, soft_examples
 

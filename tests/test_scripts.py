@@ -296,8 +296,8 @@ def test_evaluate_systems_reports_calibration(tmp_path):
     from spacy.tokens import DocBin
     from typer.testing import CliRunner
 
-    from spacy_distill.calibration import calibrate_probs, reliability
-    from spacy_distill.label import fit_calibration, probs_to_logits
+    from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration, reliability
+    from spacy_distill.teacher.label import probs_to_logits
 
     from .serving_harness import TRAIN_DATA, save_test_pipeline
 

@@ -7,7 +7,7 @@ import spacy
 from spacy.language import Language
 from spacy.training import Example
 
-from spacy_distill.teacher_scores import set_teacher_scores
+from spacy_distill.pipeline.teacher_scores import set_teacher_scores
 
 # (text, teacher P(POSITIVE)) — invented reviews, not MARC data.
 SOFT_DATA: List[Tuple[str, float]] = [

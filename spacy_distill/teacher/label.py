@@ -5,7 +5,7 @@ How logits are obtained: a stock spaCy/spacy-transformers ``textcat`` ends in a
 softmax (``textcat_multilabel``: sigmoids), and only the probabilities reach
 ``doc.cats``. So the labeller stores those probabilities and, as logits,
 ``log p`` for exclusive classes (equal to the true logits up to a per-doc
-constant, which every loss in ``spacy_distill.losses`` ignores) and the log-odds
+constant, which every loss in ``spacy_distill.pipeline.losses`` ignores) and the log-odds
 ``log p − log(1 − p)`` for multi-label classes (the true logits, exactly).
 Probabilities are clipped to ``[1e-7, 1 − 1e-7]`` first. A ``distill_textcat``
 teacher exposes its real logits, which are stored as they are.
@@ -24,11 +24,12 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.util import minibatch
 
-# Calibration lives in spacy_distill.calibration; these names keep their old import path.
-from .calibration import Calibration, calibrate_teacher, fit_calibration, read_calibration  # noqa: F401
-from .io import Record, atomic_path
-from .progress import progress_bar
-from .teacher_scores import PROB_EPS, logits_from_probs, set_teacher_scores  # noqa: F401 - PROB_EPS: old import path
+from ..io import Record, atomic_path
+
+# Calibration lives in spacy_distill.pipeline.calibration; these names keep their old import path.
+from ..pipeline.calibration import Calibration
+from ..pipeline.teacher_scores import PROB_EPS, logits_from_probs, set_teacher_scores  # noqa: F401 - PROB_EPS: old import path
+from ..progress import progress_bar
 
 # Scores of one text: (probs, logits) by label.
 Scores = Tuple[dict, dict]

@@ -10,12 +10,12 @@
 * The ``distill_calibration`` component: placed after a text classifier, it
   rescales ``doc.cats`` with the scale (1 / temperature) and per-label bias of
   a ``spacy-distill calibrate`` JSON, exactly as ``spacy-distill label
-  --calibration`` rescales the teacher's outputs (``spacy_distill.label``):
+  --calibration`` rescales the teacher's outputs (``spacy_distill.teacher.label``):
   exclusive classes (softmax) through their log-probabilities, which equal
   the logits up to a per-doc constant that the softmax ignores; multi-label
   classes (sigmoids) through their log-odds, which are the logits. A server
   can thus return calibrated probabilities; ``spacy-distill
-  calibrate-pipeline`` (``spacy_distill.calibration_cli``) writes a
+  calibrate-pipeline`` (``spacy_distill.teacher.cli``) writes a
   calibrated copy of a pipeline. No torch is needed.
 """
 
@@ -31,7 +31,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import minibatch
 
-from .io import InputError
+from ..io import InputError
 from .teacher_scores import PROB_EPS
 
 DEFAULT_N_BINS = 15
@@ -202,45 +202,6 @@ def fit_calibration(
     )
 
 
-def calibrate_teacher(
-    nlp: Language,
-    docs: Iterable[Doc],
-    *,
-    component: Optional[str] = None,
-    batch_size: int = 32,
-    fit_bias: bool = False,
-    progress: bool = False,
-) -> Calibration:
-    """Run the teacher on gold-labelled docs and fit its calibration.
-
-    docs (Iterable[Doc]): Docs with gold ``doc.cats`` (e.g. the dev set).
-    nlp (Language): The teacher.
-    component (Optional[str]): Name of its text classifier.
-    batch_size (int): Batch size for ``nlp.pipe``.
-    fit_bias (bool): Also fit per-label biases (see :func:`fit_calibration`).
-    progress (bool): Show progress.
-    RETURNS (Calibration): The fitted calibration.
-    """
-    from .label import find_textcat, make_scorer
-
-    _, exclusive = find_textcat(nlp, component)
-    score = make_scorer(nlp, component, batch_size)
-    docs = [d for d in docs if d.cats]
-    if not docs:
-        raise ValueError("calibration needs docs with gold cats; none had any")
-    from .progress import progress_bar
-
-    # Scored in slices only to show progress: the teacher takes a minute here.
-    bar = progress_bar(len(docs), "calibrate", unit="doc", enabled=progress)
-    scored = []
-    for start in range(0, len(docs), max(batch_size, 256)):
-        chunk = docs[start : start + max(batch_size, 256)]
-        scored.extend(score([d.text for d in chunk]))
-        bar.update(len(chunk))
-    bar.close()
-    return fit_calibration([s[1][1] for s in scored], [d.cats for d in docs], exclusive, fit_bias=fit_bias)
-
-
 # --- measuring calibration --------------------------------------------------------------
 
 
@@ -361,7 +322,7 @@ def calibrate_probs(
     """Rescale probabilities: ``softmax(scale · log p + bias)`` or ``sigmoid(scale · logit p + bias)``.
 
     The same arithmetic as ``Calibration.apply(probs_to_logits(...))`` in
-    ``spacy_distill.label`` (probabilities clipped to ``[PROB_EPS, 1 − PROB_EPS]``
+    ``spacy_distill.teacher.label`` (probabilities clipped to ``[PROB_EPS, 1 − PROB_EPS]``
     first), for a whole batch at once.
 
     probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities per doc and class.

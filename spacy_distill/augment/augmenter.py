@@ -342,8 +342,8 @@ def augment_file(
     """
     from spacy.util import minibatch
 
-    from .io import InputError, atomic_path, count_records, read_records, scratch_file
-    from .progress import progress_bar
+    from ..io import InputError, atomic_path, count_records, read_records, scratch_file
+    from ..progress import progress_bar
 
     stats = AugmentStats()
     total = count_records(input_path)

@@ -8,7 +8,7 @@ so it is configured once.
 
 Teachers that only expose probabilities (a stock spacy-transformers ``textcat``)
 are labelled with log-probabilities in place of logits (see
-``spacy_distill.label``). For exclusive classes that is exact up to a constant
+``spacy_distill.teacher.label``). For exclusive classes that is exact up to a constant
 per doc: ``softmax(log p) == p``. :class:`LogitMSE` therefore compares
 *mean-centred* logits for exclusive classes, which removes that constant, and
 :class:`SoftCrossEntropy` is shift-invariant anyway. For sigmoid outputs the

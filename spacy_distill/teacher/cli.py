@@ -1,19 +1,17 @@
-"""CLI commands of the core package: ``augment``, ``label`` and ``calibrate``.
+"""Teacher commands: ``label``, ``calibrate`` and ``calibrate-pipeline``.
 
-Every command checks its output path before any work (``io.check_output``: no
-writing over an input, over a path of another kind, or over an existing output
-without ``--overwrite``), writes it atomically, and reports failures as one line
-(``cli_errors.one_line_errors``).
+Every command checks its output before any work (``io.check_output``), writes it
+atomically, and reports failures as one line (``cli_errors.one_line_errors``).
 """
 
 import itertools
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, Optional
 
 import typer
 
-from .cli_errors import DEBUG_HELP, one_line_errors
-from .io import (
+from ..cli_errors import DEBUG_HELP, one_line_errors
+from ..io import (
     InputError,
     Record,
     UsageError,
@@ -22,124 +20,6 @@ from .io import (
     count_records,
     read_records,
 )
-
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def parse_pos_specs(specs: List[str]) -> Dict[str, str]:
-    """``["de=path", ...]`` → ``{"de": "path"}``, checking each path.
-
-    specs (List[str]): The ``--pos`` values.
-    RETURNS (Dict[str, str]): Pipeline path or package by language.
-    """
-    out: Dict[str, str] = {}
-    for spec in specs:
-        lang, sep, path = spec.partition("=")
-        if not sep or not lang or not path:
-            raise UsageError(f"--pos {spec!r}: expected LANG=PATH, e.g. --pos de=training/tagger-de/model-best")
-        out[lang] = path
-    return out
-
-
-def _load_pos_pipeline(lang: str, path: Optional[str]):
-    import spacy
-
-    if path is None:
-        nlp = spacy.blank(lang)
-    else:
-        if not Path(path).exists() and not spacy.util.is_package(path):
-            raise UsageError(f"--pos {lang}={path}: no such pipeline directory or package")
-        nlp = spacy.load(path)
-    # Sentence sampling needs sentence boundaries; taggers trained for
-    # augmentation usually have none, so add the rule-based sentencizer
-    # (its punctuation list covers 。！？ too).
-    if not any(nlp.get_pipe_meta(n).factory in ("parser", "senter", "sentencizer") for n in nlp.pipe_names):
-        nlp.add_pipe("sentencizer")
-    return nlp
-
-
-def augment_command(
-    ctx: typer.Context,
-    input_path: Path = typer.Argument(..., help="Texts: .jsonl/.ndjson ({\"text\", \"lang\"?} per line), .csv (text, lang? columns), .txt, or .spacy DocBin(s)."),
-    output_path: Path = typer.Argument(..., help="Output JSONL: {\"text\", \"lang\", \"source\", \"variant\"} per variant."),
-    config_path: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="Config with an \\[augment] block (@augmenters = \"spacy-distill.PosAugmenter.v1\"). Dotted overrides such as --augment.n_iter 2 follow the options."
-    ),
-    pos: List[str] = typer.Option(
-        [], "--pos", help="LANG=PIPELINE: a spaCy pipeline that sets token.pos_ for that language. Repeat per language."
-    ),
-    lang: Optional[str] = typer.Option(None, "--lang", help="Language of records that have no 'lang' field."),
-    save_table: Optional[Path] = typer.Option(None, "--save-table", help="Also write the POS unigram tables (JSON)."),
-    include_original: bool = typer.Option(False, "--include-original", help="Write each original text too (variant 0)."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Texts per tagging batch."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (never an input or a directory)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress: a bar on a terminal, a line every 30 s in a log."),
-    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
-) -> None:
-    """Augment texts: mask words, swap same-POS words, sample n-grams and sentences.
-
-    Pass 1 tags every text with its language's POS pipeline and counts words per
-    POS; pass 2 writes up to n_iter distinct variants per text. Seeded: the
-    same config and input give byte-identical output.
-    """
-    _augment(
-        ctx, input_path, output_path, config_path=config_path, pos=pos, lang=lang, save_table=save_table,
-        include_original=include_original, batch_size=batch_size, overwrite=overwrite, progress=progress, debug=debug,
-    )
-
-
-@one_line_errors
-def _augment(
-    ctx: typer.Context, input_path: Path, output_path: Path, *, config_path: Optional[Path], pos: List[str],
-    lang: Optional[str], save_table: Optional[Path], include_original: bool, batch_size: int, overwrite: bool,
-    progress: bool, debug: bool,
-) -> None:
-    import srsly
-    from spacy.cli._util import parse_config_overrides
-    from spacy.util import load_config, registry
-
-    from .augment import PosAugmenter, augment_file
-
-    if not input_path.exists():
-        raise InputError(input_path, None, "no such file or directory")
-    inputs = [input_path] + ([config_path] if config_path else [])
-    check_output(output_path, inputs=inputs, overwrite=overwrite)
-    if save_table is not None:
-        check_output(save_table, inputs=inputs + [output_path], overwrite=overwrite, name="--save-table")
-    overrides = parse_config_overrides(ctx.args)
-    if config_path is not None:
-        if not config_path.exists():
-            raise UsageError(f"--config {config_path}: config file not found")
-        config = load_config(config_path, overrides=overrides, interpolate=True)
-        if "augment" not in config:
-            raise UsageError(f"--config {config_path}: no [augment] section")
-        augmenter = registry.resolve({"augment": config["augment"]})["augment"]
-    else:
-        if overrides:
-            raise UsageError(f"overrides {sorted(overrides)} need a --config with an [augment] section")
-        augmenter = PosAugmenter()
-    pos_paths = parse_pos_specs(pos)
-    pipelines: Dict[str, object] = {}
-
-    def pipeline_for(code: str, where: str):
-        if code not in pipelines:
-            if code not in pos_paths and augmenter.p_pos > 0:
-                raise InputError(
-                    where, None,
-                    f"language {code!r} has no POS pipeline (given: {sorted(pos_paths) or 'none'}); "
-                    f"pass --pos {code}=PATH, or set p_pos = 0",
-                )
-            pipelines[code] = _load_pos_pipeline(code, pos_paths.get(code))
-        return pipelines[code]
-
-    stats = augment_file(
-        augmenter, input_path, output_path, pipeline_for, default_lang=lang,
-        include_original=include_original, batch_size=batch_size, progress=progress,
-    )
-    if save_table is not None:
-        with atomic_path(save_table) as tmp_table:
-            srsly.write_json(tmp_table, augmenter.to_json())
-    typer.echo(f"augment: {stats.n_texts} texts -> {stats.n_variants} variants in {output_path}", err=True)
 
 
 def label_command(
@@ -191,7 +71,7 @@ def _label(
 ) -> None:
     import spacy
 
-    from .calibration import read_calibration
+    from ..pipeline.calibration import read_calibration
     from .label import label_records
 
     _check_pipeline(teacher)
@@ -263,8 +143,8 @@ def _calibrate(
 ) -> None:
     import spacy
 
-    from .calibration import calibrate_teacher
-    from .io import write_json
+    from ..io import write_json
+    from .calibrate import calibrate_teacher
 
     _check_pipeline(teacher)
     if not gold_path.exists():
@@ -289,11 +169,103 @@ def _calibrate(
     )
 
 
+FACTORY = "distill_calibration"
+
+
+def calibrate_pipeline(
+    pipeline: str,
+    calibration_path: Path,
+    output_dir: Path,
+    *,
+    component: Optional[str] = None,
+    name: str = "calibration",
+    overwrite: bool = False,
+) -> str:
+    """Write a copy of ``pipeline`` with a ``distill_calibration`` component after its textcat.
+
+    pipeline (str): Pipeline folder or installed package, with a text classifier.
+    calibration_path (Path): JSON written by ``spacy-distill calibrate``.
+    output_dir (Path): Folder for the calibrated copy.
+    component (Optional[str]): Name of the text classifier, if it has several.
+    name (str): Name of the added component.
+    overwrite (bool): Replace an existing ``output_dir``.
+    RETURNS (str): One line saying what was written.
+    """
+    import spacy
+
+    from ..pipeline import calibration as _registers_factory  # noqa: F401 - also without the entry point installed
+    from ..pipeline.calibration import read_calibration
+    from .label import find_textcat
+
+    is_path = Path(pipeline).exists()
+    if not is_path and not spacy.util.is_package(pipeline):
+        raise UsageError(f"PIPELINE: {pipeline}: no such pipeline directory or installed package")
+    check_output(output_dir, inputs=[pipeline] if is_path else [], overwrite=overwrite, is_dir=True, name="OUTPUT_DIR")
+    calibration = read_calibration(calibration_path)
+    nlp = spacy.load(pipeline)
+    already = [n for n in nlp.pipe_names if nlp.get_pipe_meta(n).factory == FACTORY]
+    if already:
+        # The calibration was fitted on the raw outputs: stacking it on calibrated ones would be wrong.
+        raise UsageError(f"{pipeline} is already calibrated (component {already[0]!r}); start from the uncalibrated pipeline")
+    if name in nlp.component_names:
+        raise UsageError(f"{pipeline} already has a component named {name!r}; choose another with --name")
+    textcat, exclusive = find_textcat(nlp, component)
+    if exclusive != calibration.exclusive_classes:
+        kinds = {True: "exclusive classes (softmax)", False: "multi-label classes (sigmoids)"}
+        raise UsageError(
+            f"{calibration_path} was fitted for {kinds[calibration.exclusive_classes]}, "
+            f"but {textcat!r} of {pipeline} has {kinds[exclusive]}"
+        )
+    labels = [str(label) for label in nlp.get_pipe(textcat).labels]
+    unknown = sorted(set(calibration.bias) - set(labels))
+    if unknown:
+        raise UsageError(f"{calibration_path} has a bias for {unknown}, which {textcat!r} does not predict (its labels: {labels})")
+    nlp.add_pipe(
+        FACTORY,
+        name=name,
+        after=textcat,
+        config={
+            "scale": calibration.scale,
+            "bias": {label: calibration.bias.get(label, 0.0) for label in labels},
+            "exclusive_classes": exclusive,
+            "labels": labels,
+        },
+    )
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        nlp.to_disk(tmp)
+    return (
+        f"calibrate-pipeline: {output_dir} = {pipeline} + {name!r} ({FACTORY}) after {textcat!r}: "
+        f"scale {calibration.scale:.4g} (temperature {1 / calibration.scale:.4g}), bias {calibration.bias}"
+    )
+
+
+def calibrate_pipeline_command(
+    pipeline: str = typer.Argument(..., metavar="PIPELINE", help="Pipeline folder or installed package with a textcat (e.g. training/teacher/model-best)."),
+    calibration_path: Path = typer.Argument(..., metavar="CALIBRATION_JSON", help="JSON from `spacy-distill calibrate`: scale and per-label bias."),
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Folder for the calibrated copy (written atomically)."),
+    component: Optional[str] = typer.Option(None, "--component", help="Name of the text classifier, if the pipeline has several."),
+    name: str = typer.Option("calibration", "--name", help="Name of the added distill_calibration component."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT_DIR if it exists."),
+) -> None:
+    """Copy a pipeline with a distill_calibration component after its textcat, so its doc.cats are calibrated.
+
+    `spacy.load` and `spacy-distill serve` accept the copy as they are (the
+    component is registered through an entry point).
+    """
+    try:
+        message = calibrate_pipeline(pipeline, calibration_path, output_dir, component=component, name=name, overwrite=overwrite)
+    except (ValueError, OSError) as e:
+        # spaCy's messages span lines; the CLI's errors are one line.
+        typer.echo("error: " + " ".join(str(e).split()), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(message, err=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``augment``, ``label`` and ``calibrate`` to the CLI.
+    """Add ``label``, ``calibrate`` and ``calibrate-pipeline`` to the CLI.
 
     app (typer.Typer): The ``spacy-distill`` app.
     """
-    app.command("augment", context_settings=_EXTRA)(augment_command)
     app.command("label")(label_command)
     app.command("calibrate")(calibrate_command)
+    app.command("calibrate-pipeline")(calibrate_pipeline_command)

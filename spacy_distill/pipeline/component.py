@@ -7,9 +7,9 @@ differences:
 * the model outputs logits, and ``predict`` applies softmax (exclusive classes)
   or sigmoid (multi-label) to set ``doc.cats``;
 * ``get_loss`` takes those logits and returns ``(loss, d_logits)`` from a
-  configurable distillation loss (``spacy_distill.losses``);
+  configurable distillation loss (``spacy_distill.pipeline.losses``);
 * targets come from teacher scores stored on the reference docs
-  (``spacy_distill.teacher_scores``) and from gold ``doc.cats`` where present,
+  (``spacy_distill.pipeline.teacher_scores``) and from gold ``doc.cats`` where present,
   so soft labels never go through ``doc.cats`` (spaCy's E851).
 """
 
@@ -146,7 +146,7 @@ def make_distill_textcat(
     name (str): The component's name.
     model (Model[List[Doc], Floats2d]): A model that outputs logits, e.g.
         ``spacy-distill.BiLSTMTextCat.v2`` (the default) or ``.v1``.
-    loss (Loss): A distillation loss from ``spacy_distill.losses``.
+    loss (Loss): A distillation loss from ``spacy_distill.pipeline.losses``.
     exclusive_classes (bool): One label per doc (softmax) or multi-label (sigmoid).
     threshold (float): Cut-off for a positive label in multi-label scoring.
     scorer (Optional[Callable]): The scoring method.
@@ -193,7 +193,7 @@ class DistillTextCategorizer(TextCategorizer):
         threshold (float): Multi-label decision threshold for scoring.
         scorer (Optional[Callable]): The scoring method.
         store_tensor (bool): Keep the model's token vectors as ``doc.tensor``,
-            for models that expose them (``spacy_distill.models.predict_with_token_vectors``;
+            for models that expose them (``spacy_distill.pipeline.models.predict_with_token_vectors``;
             BiLSTMTextCat does); other models leave ``doc.tensor`` unset.
         """
         super().__init__(vocab, model, name, threshold=threshold, scorer=scorer)

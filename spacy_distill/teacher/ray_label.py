@@ -2,12 +2,12 @@
 
 The driver streams the input in chunks of ``chunk_size`` records and hands them
 round-robin to ``num_workers`` actors, each of which loads the teacher once
-(``spacy.load``) and scores with the same :func:`~spacy_distill.label.make_scorer`
+(``spacy.load``) and scores with the same :func:`~spacy_distill.teacher.label.make_scorer`
 as the local path. At most ``max_chunks_in_flight`` chunks are out at a time
 (default: two per actor, one running and one waiting, so no actor idles), and
 the driver always waits for the *oldest* chunk: memory stays bounded and the
 results come back in input order. They are written by the same
-:func:`~spacy_distill.label.write_labelled` as the local path (sharded
+:func:`~spacy_distill.teacher.label.write_labelled` as the local path (sharded
 DocBins, atomic), so the output holds the same docs, texts, tokens, gold cats
 and teacher scores as ``label_records`` would write.
 
@@ -41,10 +41,10 @@ import spacy
 from spacy.tokens import Doc
 from spacy.util import minibatch
 
-from .calibration import Calibration
-from .io import Record
-from .label import LabelStats, Scores, make_scorer, write_labelled
-from .ray_connect import connect
+from ..io import Record
+from ..pipeline.calibration import Calibration
+from ..ray_connect import connect
+from ..teacher.label import LabelStats, Scores, make_scorer, write_labelled
 
 logger = logging.getLogger("spacy_distill.ray")
 

@@ -37,7 +37,7 @@ def set_teacher_scores(
     probs (Dict[str, float]): Teacher probability per label.
     logits (Optional[Dict[str, float]]): Teacher logit per label. Teachers that
         expose only probabilities store log-probabilities (softmax) or
-        log-odds (sigmoid) here: see ``spacy_distill.label``.
+        log-odds (sigmoid) here: see ``spacy_distill.teacher.label``.
     """
     doc.user_data[PROBS_KEY] = {str(k): float(v) for k, v in probs.items()}
     if logits is not None:

@@ -1,0 +1,12 @@
+"""The student's side, torch-free: what a packaged pipeline needs to load and run.
+
+* ``component``: the ``distill_textcat`` factory (soft-label text classifier);
+* ``models``, ``layers``, ``char_ngrams``: its architectures and thinc layers;
+* ``losses``: the distillation losses (thinc ``Loss`` classes);
+* ``tokenizer``: the CJK-aware ``xx`` tokenizer;
+* ``teacher_scores``: the teacher's probabilities and logits carried on a ``Doc``;
+* ``readers``: the corpus reader of teacher-labelled DocBins for ``spacy train``;
+* ``calibration``: temperature scaling, ECE, and the ``distill_calibration`` factory.
+
+Nothing is imported here: entry points (or the modules themselves) register the names.
+"""
