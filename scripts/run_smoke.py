@@ -77,6 +77,13 @@ def main(
     workflow: List[str] = srsly.read_yaml(ROOT / "project.yml")["workflows"]["all"]
     # `also`: steps outside `all` (the ablation workflow) that the smoke run covers too.
     also: List[str] = list(srsly.read_yaml(smoke_cfg).get("also", []))
+    # `also_workflows`: whole workflows outside `all` (compress), their steps as in project.yml.
+    workflows = srsly.read_yaml(ROOT / "project.yml")["workflows"]
+    for name in srsly.read_yaml(smoke_cfg).get("also_workflows", []):
+        if name not in workflows:
+            typer.echo(f"Error: {smoke_cfg}: also_workflows: no workflow {name!r} in project.yml", err=True)
+            sys.exit(1)
+        also += [step for step in workflows[name] if step not in also]
     todo = steps.split(",") if steps else [s for s in workflow if s not in skip] + also
     args: List[str] = []
     for name, value in overrides.items():
