@@ -197,6 +197,12 @@ def _serve(
     replicas: int,
     debug: bool,
 ) -> None:
+    import signal
+
+    # uvicorn drains in-flight requests on SIGTERM and then re-raises it; the
+    # default action must end the process then (one_line_errors' SystemExit
+    # handler is for commands that write files, which the server does not).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if Inference(inference) is Inference.process and not ray and "torch" not in sys.modules:
         # Models run in worker processes (which import torch themselves when a
         # pipeline needs it); this process only parses HTTP and batches, so keep
