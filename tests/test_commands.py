@@ -213,8 +213,11 @@ def test_calibrate_refuses_to_overwrite_and_reports_bad_files(bow_teacher, tmp_p
 
 def _interrupt_mid_run(args, out: Path, sig: int, folder: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A job started in the background inherits SIGINT ignored (and Python then keeps
+    # ignoring it); Ctrl-C reaches a foreground process, whose SIGINT is the default.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spacy_distill.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-m", "spacy_distill.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     # Wait until the command is writing (a temporary path exists), then signal it.
