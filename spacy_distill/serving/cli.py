@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import typer
 
-from ..cli_errors import DEBUG_HELP
+from ..cli_errors import DEBUG_HELP, fail
 from ..cli_errors import one_line_errors as _one_line_errors
 from .settings import TOKEN_ENV_VAR
 
@@ -40,10 +40,6 @@ class Inference(str, Enum):
 
     process = "process"
     thread = "thread"
-
-def _fail(message: str) -> "typer.Exit":
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def _is_loopback(host: str) -> bool:
@@ -239,7 +235,7 @@ def _serve(
             load_in_background=False,
         )
     except ValueError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     if not _is_loopback(host) and settings.token is None:
         typer.echo(
             f"warning: serving on {host} without a token; anyone who can reach it can use it",
@@ -252,7 +248,7 @@ def _serve(
         try:
             from .ray_serve import serve_on_ray
         except ImportError as err:
-            raise _fail(f"--ray needs Ray Serve: pip install 'spacy-distill[ray]' ({err})") from None
+            fail(f"--ray needs Ray Serve: pip install 'spacy-distill[ray]' ({err})")
         # The same FastAPI app (routes, schemas, limits, auth) behind Ray Serve.
         serve_on_ray(
             model_map, settings, address=address, replicas=replicas, host=host, port=port, blocking=True
@@ -269,7 +265,7 @@ def _preload(app: Any) -> None:
     if state.load_error:
         state.close()
         # One line, even for spaCy's multi-line config errors.
-        raise _fail(f"cannot load the models: {' '.join(state.load_error.split())}")
+        fail(f"cannot load the models: {' '.join(state.load_error.split())}")
 
 
 def run_uvicorn(
@@ -367,7 +363,7 @@ def _classify_file(
     try:
         nlp = spacy.load(model)
     except (OSError, ValueError, ImportError) as err:
-        raise _fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}") from None
+        fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}")
 
     def all_records() -> Iterator[Any]:
         if first is not None:
@@ -445,13 +441,13 @@ def _client_classify(
     try:
         from ..client import Client, ClientError
     except ImportError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     from ..io import InputError, batched, read_records, record_to_dict
 
     try:
         client = Client(url, token=token, timeout=timeout, retries=retries)
     except ValueError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     try:
         with client:
             for chunk in batched(read_records(input_path, text_field), batch_size):
@@ -462,7 +458,7 @@ def _client_classify(
                     )
                 sys.stdout.flush()
     except (InputError, ClientError) as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
 
 
 def register(app: typer.Typer) -> None:
