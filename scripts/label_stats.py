@@ -64,7 +64,7 @@ def _stats(rows: List[Dict[str, float]], agree: List[bool]) -> Dict[str, Any]:
 def main(
     labelled: Path = typer.Argument(..., help="corpus/labelled"),
     output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
-    parts: str = typer.Option("gold,augmented,transfer", "--parts", help="Comma-separated subfolders"),
+    parts: str = typer.Option("gold,augmented,transfer,ud", "--parts", help="Comma-separated subfolders"),
     label: str = typer.Option("POSITIVE", "--label", help="Label whose share the table shows"),
 ) -> None:
     """Summarise the teacher's labels of the labelled corpus.
