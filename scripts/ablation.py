@@ -1,26 +1,29 @@
 """Student ablation: one change at a time against the default student, each trained on
 the teacher-labelled corpus, chosen on dev, and reported on dev and test.
 
-Each variant of ``[ablation.variants]`` (configs/experiments.cfg) names which labelled
-parts it trains on (the gold train docs always; the augmented variants or not; how many
-transfer docs per language) and dotted overrides of the student config (features,
-loss, temperature, width). All variants are scored and timed in this one process, so
-their speed ratios hold.
+Each variant of ``[ablation.variants]`` (configs/experiments.cfg) is a list of dotted
+overrides of the student config: features, loss, width, and which labelled text it
+reads (``corpora.train.max_per_lang`` caps the docs per language of each part of the
+labelled corpus: gold, augmented, transfer, ud; ``corpora.train.prior_correction``).
+All variants read the same labelled folder, and are scored and timed in one process,
+so their speed ratios hold. Variants can be trained in parallel processes with
+``--only`` and then scored and timed together with ``--reuse``.
 """
 
-import json
 import random
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
 from common import dir_size, load_section, run, split_langs, write_json, write_text
 from evaluate_systems import evaluate_system, read_test, time_systems
-from learning_curve import build_train_dir
 from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train
 from spacy.util import load_config
+
+from spacy_distill.pipeline.readers import iter_labelled_docs
 
 
 def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
@@ -32,6 +35,24 @@ def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
     # [key, value] pairs rather than a dict: confection re-parses a dict value with
     # dotted keys as sections when it interpolates.
     return {str(key): value for key, value in variant.get("overrides", [])}
+
+
+def count_train_docs(student_config: Path, overrides: Dict[str, Any]) -> Dict[str, int]:
+    """Docs per part of the labelled corpus that a variant's train reader yields.
+
+    student_config (Path): The student config.
+    overrides (Dict[str, Any]): The variant's overrides (with paths.train).
+    RETURNS (Dict[str, int]): Part -> docs.
+    """
+    reader = dict(load_config(student_config, overrides=overrides, interpolate=True)["corpora"]["train"])
+    counts: Counter = Counter()
+    docs = iter_labelled_docs(
+        Path(str(overrides["paths.train"])), spacy.blank("xx").vocab,
+        langs=reader.get("langs"), max_per_lang=reader.get("max_per_lang"), require_teacher=False,
+    )
+    for part, _ in docs:
+        counts[part] += 1
+    return dict(sorted(counts.items()))
 
 
 def same_training(model_best: Path, student_config: Path, overrides: Dict[str, Any]) -> bool:
@@ -61,6 +82,7 @@ def main(
     work_dir: Path = typer.Option(Path("training/ablation"), "--work-dir", help="Training sets and trained variants"),
     only: str = typer.Option("", "--only", help="Comma-separated variant names (default: all)"),
     reuse: bool = typer.Option(False, "--reuse", help="Skip training a variant whose model-best was trained with the same config and data (re-scored and re-timed); an interrupted run resumes"),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", exists=True, file_okay=False, help="Static vectors pipeline for the student (paths.vectors)"),
 ) -> None:
     """Train, score and time each variant; write a table.
 
@@ -74,6 +96,7 @@ def main(
     work_dir (Path): Work folder.
     only (str): Variants to run.
     reuse (bool): Reuse trained variants.
+    vectors (Optional[Path]): The static vectors (training/teacher_vectors).
     """
     settings = load_section(config, "ablation", parse_config_overrides(ctx.args))
     langs = split_langs(settings["langs"])
@@ -90,21 +113,11 @@ def main(
         idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
         speed_texts.extend(texts[i] for i in rng.sample(idx, min(int(settings["n_speed"]), len(idx))))
     rows: List[Dict[str, Any]] = []
-    built: Dict[Path, Dict[str, int]] = {}
     loaded: Dict[str, Any] = {}
     for name, variant in variants.items():
-        per_lang = int(variant.get("transfer_per_lang", -1))
-        augmented = bool(variant.get("augmented", True))
-        data_dir = work_dir / "data" / f"t{per_lang}-a{int(augmented)}"
-        if data_dir in built:
-            counts = built[data_dir]
-        elif reuse and (data_dir / "counts.json").exists():
-            counts = json.loads((data_dir / "counts.json").read_text())
-        else:
-            counts = build_train_dir(labelled, data_dir, per_lang if per_lang >= 0 else 10**9, langs, augmented)
-            write_json(data_dir / "counts.json", counts)
-        built[data_dir] = counts
-        overrides: Dict[str, Any] = {"paths.train": str(data_dir), "paths.dev": str(dev_path), "system.seed": int(settings["seed"])}
+        overrides: Dict[str, Any] = {"paths.train": str(labelled), "paths.dev": str(dev_path), "system.seed": int(settings["seed"])}
+        if vectors is not None:
+            overrides["paths.vectors"] = str(vectors)
         # The workflow passes the student step's max_steps, patience and eval_frequency
         # (project vars); 0 keeps the student config's own value.
         training = load_config(student_config)["training"]
@@ -120,6 +133,7 @@ def main(
             # Fails early and clearly on a bad override.
             load_config(student_config, overrides=overrides)
             train(student_config, model_dir, overrides=overrides)
+        counts = count_train_docs(student_config, overrides)
         nlp = spacy.load(model_dir / "model-best")
         loaded[name] = nlp
         dev_f = 100 * float(nlp.meta.get("performance", {}).get("cats_score", float("nan")))

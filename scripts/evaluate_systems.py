@@ -14,6 +14,7 @@ no bias, so no decision changes), fitted on a seeded subset of the dev docs
 systems, before and after, go to ``OUTDIR/reliability.png``.
 """
 
+import csv
 import os
 import platform
 import random
@@ -25,7 +26,16 @@ import numpy
 import spacy
 import typer
 from baselines import load_rule_classifier
-from common import atomic_path, dir_size, load_section, run, split_langs, write_json, write_text
+from common import (
+    atomic_path,
+    dir_size,
+    load_section,
+    run,
+    split_langs,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from spacy.cli._util import parse_config_overrides
 from spacy.language import Language
 from spacy.tokens import DocBin
@@ -399,6 +409,60 @@ def read_test(path: Path, langs: List[str]) -> Tuple[List[str], List[Tuple[str, 
     return texts, gold
 
 
+OOD_LABELS = {"1": "POSITIVE", "0": "NEGATIVE"}
+
+
+def read_ood(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Read an out-of-domain set: ``text<TAB>label`` (1 positive, 0 negative), a header
+    line, no quoting; the language is the file name's prefix (``en_uci_yelp.tsv``).
+
+    path (Path): The .tsv file.
+    RETURNS (Tuple[List[str], List[Tuple[str, str]]]): Texts and (lang, label) pairs.
+    """
+    lang = path.name.split("_", 1)[0]
+    texts, gold = [], []
+    with path.open(encoding="utf8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header != ["text", "label"]:
+            raise typer.BadParameter(f"{path}:1: expected the header 'text<TAB>label', got {header!r}")
+        for row in reader:
+            if len(row) != 2 or row[1] not in OOD_LABELS or not row[0].strip():
+                raise typer.BadParameter(f"{path}:{reader.line_num}: expected 'text<TAB>0|1', got {row!r}")
+            texts.append(row[0])
+            gold.append((lang, OOD_LABELS[row[1]]))
+    return texts, gold
+
+
+def write_predictions(path: Path, cats: List[Dict[str, float]], gold: List[Tuple[str, str]]) -> None:
+    """Per-doc predictions for later steps (the cascade): one JSON object per doc, in order.
+
+    path (Path): The .jsonl file.
+    cats (List[Dict[str, float]]): Label → probability per doc.
+    gold (List[Tuple[str, str]]): (lang, label) per doc.
+    """
+    write_jsonl(path, ({"lang": lang, "gold": label, "cats": c} for c, (lang, label) in zip(cats, gold)))
+
+
+def ood_markdown(results: Dict[str, Any]) -> List[str]:
+    """The out-of-domain table of results.md (reported, never used to choose).
+
+    results (Dict[str, Any]): As written to results.json.
+    RETURNS (List[str]): Markdown lines.
+    """
+    sets = results.get("ood") or {}
+    if not sets:
+        return []
+    names = list(results["systems"])
+    lines = ["", "## Out of domain (not Amazon; reported only, never used to choose)", "",
+             "| system | " + " | ".join(f"{k} ({v['lang']}, {v['n_docs']})" for k, v in sets.items()) + " | mean |",
+             "|---|" + "---:|" * (len(sets) + 1)]
+    for name in names:
+        scores = [sets[k]["systems"][name]["macro_f"] for k in sets]
+        lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in scores) + f" | **{sum(scores) / len(scores):.1f}** |")
+    return lines
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """The results as markdown tables.
 
@@ -430,6 +494,7 @@ def markdown(results: Dict[str, Any]) -> str:
             f"{c['speed_ratio_batch']:.1f}x tokens/s (batch), {c['speed_ratio_single']:.1f}x (one doc); "
             f"size {100 * c['size_fraction']:.1f} % of the teacher.",
         ]
+    lines += ood_markdown(results)
     lines += calibration_markdown(results)
     env = results["environment"]
     lines += ["", f"Measured on {env['cpu_count']} CPU(s) ({env['machine']}), Python {env['python']}, spaCy {env['spacy']}; "
@@ -480,6 +545,8 @@ def main(
     system: List[str] = typer.Option(..., "--system", help="NAME=PATH, repeatable (pipeline or baseline folder)"),
     config: Path = typer.Option(Path("configs/evaluate.cfg"), "--config", help="Config with an [evaluate] section"),
     dev_path: Optional[Path] = typer.Option(None, "--dev", exists=True, dir_okay=False, help="Gold dev DocBin (corpus/dev.spacy) to fit each system's temperature on; without it, ECE only before scaling"),
+    ood_dir: Optional[Path] = typer.Option(None, "--ood", exists=True, file_okay=False, help="Folder of out-of-domain sets (<lang>_<name>.tsv: text<TAB>0|1), reported only"),
+    predictions_dir: Optional[Path] = typer.Option(None, "--predictions", file_okay=False, help="Write per-doc predictions here (<system>.test.jsonl, <system>.dev.jsonl)"),
 ) -> None:
     """Score, calibrate and time every system; write ``results.json``, ``results.md`` and ``reliability.png``.
 
@@ -489,6 +556,8 @@ def main(
     system (List[str]): NAME=PATH per system.
     config (Path): The evaluation config.
     dev_path (Optional[Path]): Dev DocBin for the temperature fit.
+    ood_dir (Optional[Path]): Out-of-domain sets to report.
+    predictions_dir (Optional[Path]): Folder for per-doc predictions.
     """
     settings = load_section(config, "evaluate", parse_config_overrides(ctx.args))
     langs = split_langs(settings["langs"])
@@ -514,6 +583,14 @@ def main(
                         "ece_unit": "percent", "fit": "temperature scaling (one scale, no bias), minimum NLL on the dev docs"},
         "systems": {},
     }
+    ood_sets = {p.stem: read_ood(p) for p in sorted(ood_dir.glob("*.tsv"))} if ood_dir is not None else {}
+    for set_name, (ood_texts, ood_gold) in list(ood_sets.items()):
+        keep = sample_per_lang(ood_gold, [ood_gold[0][0]], int(settings.get("n_ood", -1)), f"{settings['seed']}:ood:{set_name}")
+        ood_sets[set_name] = ([ood_texts[i] for i in keep], [ood_gold[i] for i in keep])
+    if ood_dir is not None and not ood_sets:
+        raise typer.BadParameter(f"--ood {ood_dir}: no .tsv files")
+    if ood_sets:
+        results["ood"] = {k: {"lang": g[0][0], "n_docs": len(t), "path": str(ood_dir / f"{k}.tsv"), "systems": {}} for k, (t, g) in ood_sets.items()}
     loaded: Dict[str, Any] = {}
     for spec in system:
         name, sep, path_s = spec.partition("=")
@@ -532,6 +609,14 @@ def main(
         dev_cats = predict_cats(nlp, dev_texts, batch_size, desc=f"{name} dev") if dev_texts and exclusive else None
         r["calibration"] = calibration_report(test_cats, gold, langs, n_bins, exclusive, dev_cats, dev_gold if dev_cats is not None else None)
         r["calibration"]["dev_seconds"] = time.perf_counter() - start
+        for set_name, (ood_texts, ood_gold) in ood_sets.items():
+            ood = score_cats(predict_cats(nlp, ood_texts, batch_size, desc=f"{name} {set_name}"), ood_gold, [ood_gold[0][0]])
+            results["ood"][set_name]["systems"][name] = ood["mean"]
+            typer.echo(f"  out of domain {set_name}: macro-F {ood['mean']['macro_f']:.1f}")
+        if predictions_dir is not None:
+            write_predictions(predictions_dir / f"{name}.test.jsonl", test_cats, gold)
+            if dev_cats is not None:
+                write_predictions(predictions_dir / f"{name}.dev.jsonl", dev_cats, dev_gold)
         r["path"] = str(path)
         r["size_bytes"] = dir_size(path)
         results["systems"][name] = r
@@ -558,6 +643,11 @@ def main(
             "speed_ratio_single": s["speed"]["single"]["tokens_per_s"] / t["speed"]["single"]["tokens_per_s"],
             "size_fraction": s["size_bytes"] / t["size_bytes"],
         }
+        if ood_sets:
+            def ood_mean(name: str) -> float:
+                return sum(v["systems"][name]["macro_f"] for v in results["ood"].values()) / len(results["ood"])
+
+            results["student_vs_teacher"]["ood_macro_f_diff"] = ood_mean("student") - ood_mean("teacher")
     results["environment"] = {
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

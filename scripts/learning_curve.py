@@ -7,7 +7,7 @@ with the student config and scored on the test split.
 """
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
@@ -67,6 +67,7 @@ def main(
     student_config: Path = typer.Option(Path("configs/student.cfg"), "--student-config", help="Student training config"),
     config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [learning_curve]"),
     work_dir: Path = typer.Option(Path("training/curve"), "--work-dir", help="Training folders and models"),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", exists=True, file_okay=False, help="Static vectors pipeline for the student (paths.vectors)"),
 ) -> None:
     """Train one student per transfer-set size and tabulate test macro-F.
 
@@ -78,6 +79,7 @@ def main(
     student_config (Path): Student config.
     config (Path): Experiments config.
     work_dir (Path): Work folder.
+    vectors (Optional[Path]): The static vectors (training/teacher_vectors).
     """
     settings = load_section(config, "learning_curve", parse_config_overrides(ctx.args))
     langs = split_langs(settings["langs"])
@@ -88,6 +90,8 @@ def main(
         data_dir = work_dir / f"data-{size}"
         counts = build_train_dir(labelled, data_dir, per_lang, langs, bool(settings["include_augmented"]))
         overrides: Dict[str, Any] = {"paths.train": str(data_dir), "paths.dev": str(dev_path), "system.seed": int(settings["seed"])}
+        if vectors is not None:
+            overrides["paths.vectors"] = str(vectors)
         if int(settings["max_steps"]):
             overrides["training.max_steps"] = int(settings["max_steps"])
         model_dir = work_dir / f"model-{size}"

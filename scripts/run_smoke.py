@@ -41,7 +41,7 @@ def smoke_overrides(smoke_cfg: Path, data_dir: Path, ud_dir: Path) -> Dict[str, 
     ud_dir (Path): UD data folder.
     RETURNS (Dict[str, object]): Var name -> value.
     """
-    fill = {"<marc>": str(data_dir.resolve()), "<ud>": str(ud_dir.resolve()), "<repo>": str(ROOT), "<minilm>": minilm_path()}
+    fill = {"<marc>": str(data_dir.resolve()), "<ud>": str(ud_dir.resolve()), "<ood>": str((data_dir.parent / "ood").resolve()), "<repo>": str(ROOT), "<minilm>": minilm_path()}
     values = srsly.read_yaml(smoke_cfg)["vars"]
     return {k: fill.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
 

@@ -8,7 +8,7 @@ labelled corpus and is scored and timed on the test split.
 
 import random
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
@@ -29,6 +29,7 @@ def main(
     config: Path = typer.Option(Path("configs/experiments.cfg"), "--config", help="Config with [tradeoff]"),
     work_dir: Path = typer.Option(Path("training/tradeoff"), "--work-dir", help="Trained variants"),
     reuse: bool = typer.Option(False, "--reuse", help="Skip training a variant whose model-best exists with the same model and training config"),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", exists=True, file_okay=False, help="Static vectors pipeline for the student (paths.vectors)"),
 ) -> None:
     """Train, score and time each variant; write a table.
 
@@ -40,6 +41,7 @@ def main(
     student_config (Path): Student config.
     config (Path): Experiments config.
     work_dir (Path): Work folder.
+    vectors (Optional[Path]): The static vectors (training/teacher_vectors).
     reuse (bool): Reuse trained variants (an interrupted run resumes; all are re-scored and re-timed
         in this one process, so their speed ratios hold).
     """
@@ -74,6 +76,8 @@ def main(
             "components.textcat.model.embed.width": width,
             "components.textcat.model.embed.rows": emb_rows,
         }
+        if vectors is not None:
+            overrides["paths.vectors"] = str(vectors)
         if bow_length:
             overrides["components.textcat.model.bow.length"] = bow_length
         elif model_cfg.get("bow"):

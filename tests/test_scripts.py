@@ -367,3 +367,24 @@ def test_evaluate_systems_reports_calibration(tmp_path):
     assert multi["measured"] is False and multi.get("ece_before") is None
     results["dev"]["systems"]["bow"]["calibration"] = multi
     assert "| bow | n/a | n/a | n/a | multi-label classes:" in "\n".join(evaluate_systems.calibration_markdown(results["dev"]))
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ("text\tlabel\nGreat food.\t1\n\"Quoted start\tno\t0\n", None),
+        ("text\tlabel\nGreat food.\t1\n\"Quoted start.\t0\n", (["Great food.", '"Quoted start.'], [("en", "POSITIVE"), ("en", "NEGATIVE")])),
+        ("text\tlabel\nok\t2\n", None),
+        ("txt\tlab\nok\t1\n", None),
+    ],
+)
+def test_read_ood(tmp_path, content, expected):
+    import typer
+
+    path = tmp_path / "en_test.tsv"
+    path.write_text(content, encoding="utf8")
+    if expected is None:
+        with pytest.raises(typer.BadParameter, match=r"en_test\.tsv:\d"):
+            evaluate_systems.read_ood(path)
+    else:
+        assert evaluate_systems.read_ood(path) == expected

@@ -98,6 +98,18 @@ def encode_classify_forward(
 ) -> Tuple[TokenVectorsOutput, Callable[[Floats2d], List[Doc]]]:
     """Encode, then classify; return the logits and the encoder's output."""
     encoder, head = model.layers
+    if docs and not any(len(doc) for doc in docs) and encoder.has_dim("nO"):
+        # A batch of only empty docs: the encoder would give zero-row vectors, but
+        # spaCy's StaticVectors (include_static_vectors) fails on a batch without
+        # tokens. Zero rows of the encoder's width are what it would return.
+        vectors = [model.ops.alloc2f(0, encoder.get_dim("nO")) for _ in docs]
+        logits, backprop_head = head(vectors, is_train)
+
+        def backprop_empty(d_logits: Floats2d) -> List[Doc]:
+            backprop_head(d_logits)
+            return docs
+
+        return (logits, vectors), backprop_empty
     vectors, backprop_encoder = encoder(docs, is_train)
     logits, backprop_head = head(vectors, is_train)
 
