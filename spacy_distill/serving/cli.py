@@ -337,9 +337,18 @@ def classify_file(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the output file if it exists."
     ),
+    cascade: Optional[str] = typer.Option(
+        None, "--cascade", help="Teacher pipeline: texts the model is unsure of (top-class probability < --threshold) go to it; each result says which model answered."
+    ),
+    threshold: float = typer.Option(
+        0.9, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after --temperature) is below this (metrics/cascade.md has the dev-chosen values)."
+    ),
+    temperature: float = typer.Option(
+        1.0, "--temperature", min=1e-6, help="Cascade: temperature applied to the model's probabilities before the decision."
+    ),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Score a file offline with a pipeline; write one JSON object per text."""
+    """Score a file offline with a pipeline (or a student→teacher cascade); write one JSON object per text."""
     _one_line_errors(_classify_file)(**{k: v for k, v in locals().items()})
 
 
@@ -352,6 +361,9 @@ def _classify_file(
     progress: bool,
     overwrite: bool,
     debug: bool,
+    cascade: Optional[str] = None,
+    threshold: float = 0.9,
+    temperature: float = 1.0,
 ) -> None:
     from ..io import atomic_path, check_output, count_records, read_records
 
@@ -364,6 +376,12 @@ def _classify_file(
         nlp = spacy.load(model)
     except (OSError, ValueError, ImportError) as err:
         fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}")
+    teacher = None
+    if cascade is not None:
+        try:
+            teacher = spacy.load(cascade)
+        except (OSError, ValueError, ImportError) as err:
+            fail(f"cannot load cascade teacher {cascade!r}: {str(err).strip().splitlines()[0]}")
 
     def all_records() -> Iterator[Any]:
         if first is not None:
@@ -371,16 +389,29 @@ def _classify_file(
             yield from records
 
     with atomic_path(output) as tmp:
-        n = _write_scores(nlp, all_records(), tmp, batch_size, progress, count_records(input_path))
+        n = _write_scores(
+            nlp, all_records(), tmp, batch_size, progress, count_records(input_path),
+            teacher=teacher, threshold=threshold, temperature=temperature,
+        )
     typer.echo(f"wrote {n} results to {output}", err=True)
 
 
 def _write_scores(
-    nlp: Any, records: Iterator[Any], tmp: Path, batch_size: int, progress: bool, total: Optional[int] = None
+    nlp: Any,
+    records: Iterator[Any],
+    tmp: Path,
+    batch_size: int,
+    progress: bool,
+    total: Optional[int] = None,
+    *,
+    teacher: Any = None,
+    threshold: float = 0.9,
+    temperature: float = 1.0,
 ) -> int:
-    """Score records into ``tmp``; RETURNS (int): how many."""
+    """Score records into ``tmp`` (with ``teacher``: as a cascade); RETURNS (int): how many."""
     from spacy.util import minibatch
 
+    from ..cascade import STUDENT, TEACHER, confidence, defer
     from ..io import record_to_dict
     from ..progress import progress_bar
     from .inference import classify_result, empty_classify_result, process_texts
@@ -391,8 +422,21 @@ def _write_scores(
     with tmp.open("w", encoding="utf-8") as out:
         for chunk in minibatch(records, batch_size):
             docs = process_texts(nlp, [r.text for r in chunk], batch_size)
-            for record, doc in zip(chunk, docs):
-                result = classify_result(doc) if doc is not None else dict(empty)
+            results = [classify_result(doc) if doc is not None else dict(empty) for doc in docs]
+            if teacher is not None:
+                labels = sorted(next((r["cats"] for r in results if r.get("cats")), {}))
+                conf = (
+                    confidence([[r["cats"].get(k, 0.0) for k in labels] for r in results], temperature)
+                    if labels else [0.0] * len(results)
+                )
+                deferred = [i for i, d in enumerate(defer(conf, threshold)) if d and docs[i] is not None]
+                teacher_docs = process_texts(teacher, [chunk[i].text for i in deferred], batch_size)
+                for i, result in enumerate(results):
+                    result["model"] = STUDENT
+                    result["confidence"] = float(conf[i])
+                for i, doc in zip(deferred, teacher_docs):
+                    results[i] = {**classify_result(doc), "model": TEACHER, "confidence": float(conf[i])}
+            for record, result in zip(chunk, results):
                 out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
             n += len(chunk)
             bar.update(len(chunk))
