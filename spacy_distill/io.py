@@ -143,7 +143,7 @@ def count_records(path: PathLike) -> Optional[int]:
     return None
 
 
-def _decoded_lines(path: Path) -> Iterator[Tuple[int, str]]:
+def _decoded_lines(path: Path, keep_ends: bool = False) -> Iterator[Tuple[int, str]]:
     # Decode line by line (not the whole stream) so a bad byte is reported on
     # the line where it is.
     with path.open("rb") as f:
@@ -152,7 +152,7 @@ def _decoded_lines(path: Path) -> Iterator[Tuple[int, str]]:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise InputError(path, number, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
-            yield number, line.rstrip("\r\n")
+            yield number, line if keep_ends else line.rstrip("\r\n")
 
 
 def _check_unicode(path: Path, number: int, name: str, value: Any) -> None:
@@ -209,32 +209,35 @@ def _read_lines(path: Path, text_field: str, jsonl: bool) -> Iterator[Record]:
 def _read_csv(path: Path, text_field: str) -> Iterator[Record]:
     # Reviews can be long; the csv module's default field limit is 128 KiB.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+    # The csv module reads decoded physical lines, so a bad byte is reported on
+    # its own line; strict: an unclosed quote is an error, not a field that
+    # silently swallows the rest of the file.
+    lines = (line for _, line in _decoded_lines(path, keep_ends=True))
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise InputError(path, 1, f"cannot read the header: {err}") from None
+    if header is None:
+        return
+    if text_field not in header:
+        raise InputError(path, 1, f"no {text_field!r} column (columns: {', '.join(header) or 'none'})")
+    start = reader.line_num + 1
+    while True:
         try:
-            header = next(reader, None)
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise InputError(path, 1, f"cannot read the header: {err}") from None
-        if header is None:
+            row = next(reader)
+        except StopIteration:
             return
-        if text_field not in header:
-            raise InputError(path, 1, f"no {text_field!r} column (columns: {', '.join(header) or 'none'})")
-        start = reader.line_num + 1
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise InputError(path, reader.line_num, f"malformed CSV: {err}") from None
-            except UnicodeDecodeError as err:
-                raise InputError(path, reader.line_num + 1, f"not valid UTF-8 ({err.reason})") from None
-            number, start = start, reader.line_num + 1
-            if not row:
-                continue  # blank line
-            if len(row) != len(header):
-                raise InputError(path, number, f"expected {len(header)} fields, got {len(row)}")
-            yield _record(path, number, dict(zip(header, row)), text_field)
+        except csv.Error as err:
+            if "unexpected end of data" in str(err):
+                raise InputError(path, start, "malformed CSV: a quoted field opened here is never closed") from None
+            raise InputError(path, reader.line_num, f"malformed CSV: {err}") from None
+        number, start = start, reader.line_num + 1
+        if not row:
+            continue  # blank line
+        if len(row) != len(header):
+            raise InputError(path, number, f"expected {len(header)} fields, got {len(row)}")
+        yield _record(path, number, dict(zip(header, row)), text_field)
 
 
 def _docbin_files(path: Path) -> List[Path]:
@@ -323,6 +326,7 @@ def check_output(
     overwrite: bool = False,
     is_dir: bool = False,
     name: str = "OUTPUT",
+    outputs: Sequence[PathLike] = (),
 ) -> Path:
     """Refuse, before any work, an output that would destroy something.
 
@@ -337,6 +341,8 @@ def check_output(
     overwrite (bool): Replace an existing output of the same kind.
     is_dir (bool): The output is a directory (else a file).
     name (str): The argument's name, for the message (``OUTPUT``, ``-o/--output``).
+    outputs (Sequence[PathLike]): The command's other outputs: the same path as
+        one of them, or one inside the other, is refused whether or not it exists yet.
     RETURNS (Path): The output path.
     """
     if str(output).strip() in ("", "."):
@@ -361,6 +367,10 @@ def check_output(
             else:
                 relation = "contains the input"
             raise UsageError(f"{name}: {out} {relation} {path}; write the output elsewhere")
+    for other in outputs:
+        other = Path(other)
+        if _same_or_inside(out, other) or _same_or_inside(other, out):
+            raise UsageError(f"{name}: {out} is the same path as (or overlaps) the command's other output {other}")
     if out.exists() and not overwrite:
         raise UsageError(f"{name}: {out} exists; add --overwrite to replace it")
     existing = out.parent

@@ -208,6 +208,34 @@ def test_calibrate_refuses_to_overwrite_and_reports_bad_files(bow_teacher, tmp_p
     assert r.exit_code == 1 and f"error: {gold}: invalid JSON" in r.output
 
 
+@pytest.mark.parametrize(
+    "cats,message",
+    [
+        ({"GOOD": 1.0, "BAD": 0.0}, "has the labels ['BAD', 'GOOD']"),
+        ({"POSITIVE": 1.0}, "has the labels ['POSITIVE']"),
+        ({"POSITIVE": 1.0, "NEGATIVE": 0.0, "NEUTRAL": 0.0}, "predicts ['NEGATIVE', 'POSITIVE']"),
+    ],
+)
+def test_calibrate_refuses_labels_the_pipeline_does_not_predict(bow_teacher, tmp_path, cats, message):
+    # Issue #19: {"GOOD", "BAD"} against a POSITIVE/NEGATIVE classifier gave "accuracy 1.000" and a scale of 0.011.
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"text": t, "cats": cats}) + "\n" for t in TEXTS))
+    out = tmp_path / "cal.json"
+    r = _run(["calibrate", str(bow_teacher), str(gold), str(out)])
+    assert r.exit_code == 1 and message in r.output and not out.exists()
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+
+
+def test_augment_refuses_a_table_on_its_output(tmp_path, inputs):
+    # Issue #19: --save-table equal to OUTPUT (a new path) left the POS table where the variants should be.
+    inp, cfg = inputs
+    out = tmp_path / "new.jsonl"
+    r = _augment(inp, cfg, out, "--save-table", str(out))
+    assert r.exit_code == 1 and "other output" in r.output and not out.exists()
+    r = _augment(inp, cfg, tmp_path / "v.jsonl", "--save-table", str(tmp_path / "v.jsonl" / "table.json"))
+    assert r.exit_code == 1 and "other output" in r.output and not (tmp_path / "v.jsonl").exists()
+
+
 # --- interruption: SIGTERM and SIGINT mid-run -------------------------------------------------
 
 

@@ -85,6 +85,13 @@ def test_classify_file(app: typer.Typer, model_dir: Path, tmp_path: Path, fmt: s
         ("bad.csv", b"id,body\n1,x\n", "bad.csv:1", "no 'text' column"),
         ("bad2.csv", b"id,text\n1,x\n2,y,extra\n", "bad2.csv:3", "expected 2 fields"),
         ("bad.txt", b"fine\nbroken \xff byte\n", "bad.txt:2", "not valid UTF-8"),
+        # Issue #19: an unclosed quote is an error at the line it opens, not a merged record.
+        ("quote.csv", b'text\nfirst review\n"second, unclosed\nthird review\nfourth\n', "quote.csv:3", "never closed"),
+        # Bad UTF-8 is reported at its physical line, past the csv module's read-ahead
+        # and in the header too.
+        ("late.csv", b"text\n" + b"a review\n" * 3000 + b"\xff\n", "late.csv:3002", "not valid UTF-8"),
+        ("multi.csv", b'text\n"two\nlines"\n\xffx\n', "multi.csv:4", "not valid UTF-8"),
+        ("head.csv", b"te\xfft\nok\n", "head.csv:1", "not valid UTF-8"),
         ("bad.xml", b"<x/>", "bad.xml", "unknown input format"),
     ],
 )

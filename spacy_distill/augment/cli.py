@@ -99,7 +99,7 @@ def _augment(
     inputs = [input_path] + ([config_path] if config_path else [])
     check_output(output_path, inputs=inputs, overwrite=overwrite)
     if save_table is not None:
-        check_output(save_table, inputs=inputs + [output_path], overwrite=overwrite, name="--save-table")
+        check_output(save_table, inputs=inputs, outputs=[output_path], overwrite=overwrite, name="--save-table")
     overrides = parse_config_overrides(ctx.args)
     if config_path is not None:
         if not config_path.exists():

@@ -33,11 +33,21 @@ def calibrate_teacher(
     progress (bool): Show progress.
     RETURNS (Calibration): The fitted calibration.
     """
-    _, exclusive = find_textcat(nlp, component)
+    name, exclusive = find_textcat(nlp, component)
     score = make_scorer(nlp, component, batch_size)
     docs = [d for d in docs if d.cats]
     if not docs:
         raise ValueError("calibration needs docs with gold cats; none had any")
+    # Gold labels the pipeline does not predict would fit a meaningless scale
+    # (every gold probability is 0): refuse them, naming the first such doc.
+    predicted = set(getattr(nlp.get_pipe(name), "labels", ()) or ())
+    if predicted:
+        for i, doc in enumerate(docs):
+            if set(doc.cats) != predicted:
+                raise ValueError(
+                    f"gold doc {i} has the labels {sorted(doc.cats)}, but the pipeline's {name!r} predicts "
+                    f"{sorted(predicted)}: calibrate on gold cats with exactly the pipeline's labels"
+                )
     # Scored in slices only to show progress: the teacher takes a minute here.
     bar = progress_bar(len(docs), "calibrate", unit="doc", enabled=progress)
     scored = []
