@@ -6,20 +6,27 @@ is compared with a threshold; below it the text is *deferred* to the teacher,
 which runs once over all deferred texts of a batch. The threshold can be set
 directly or chosen on dev for a share of deferred texts (:func:`threshold_for_share`).
 
-The decision is numpy only; :class:`Cascade` runs two loaded spaCy pipelines and
+The decision is numpy only; :class:`spacy_distill.serving.cascade.Cascade` runs two loaded spaCy pipelines and
 needs whatever each of them needs (a torch-free student and, say, an ONNX or
 fp32 teacher). The offline ``classify --cascade`` command and the workflow's
 ``cascade`` step use this module.
 """
 
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+import logging
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
+
+logger = logging.getLogger("spacy_distill.cascade")
 
 #: The ``model`` field of a cascade result.
 STUDENT = "student"
 TEACHER = "teacher"
+#: The threshold when none is given and no cascade report is read: defers texts the
+#: student gives less than 90 % (at its temperature). Replace it by the dev-chosen
+#: value of ``metrics/cascade.json`` (``threshold_from_report``) once the step has run.
+DEFAULT_THRESHOLD = 0.9
 
 
 def confidence(probs: Sequence[Sequence[float]], temperature: float = 1.0) -> numpy.ndarray:
@@ -81,22 +88,6 @@ def threshold_for_share(conf: Sequence[float], share: float) -> float:
     return float(c[k])
 
 
-def combine(
-    student_cats: Sequence[Dict[str, float]], teacher_cats: Dict[int, Dict[str, float]], deferred: Sequence[bool]
-) -> List[Tuple[Dict[str, float], str]]:
-    """The cascade's answer per text: the teacher's cats where deferred, else the student's.
-
-    student_cats (Sequence[Dict[str, float]]): The student's cats per text.
-    teacher_cats (Dict[int, Dict[str, float]]): The teacher's cats by text index (deferred ones).
-    deferred (Sequence[bool]): The deferral mask.
-    RETURNS (List[Tuple[Dict[str, float], str]]): (cats, model) per text.
-    """
-    out = []
-    for i, (cats, d) in enumerate(zip(student_cats, deferred)):
-        out.append((dict(teacher_cats[i]), TEACHER) if d else (dict(cats), STUDENT))
-    return out
-
-
 def cascade_throughput(student_docs_per_s: float, teacher_docs_per_s: float, share: float) -> float:
     """Docs/s of a cascade from its parts' measured rates: every doc pays the student,
     the deferred share also pays the teacher.
@@ -109,69 +100,189 @@ def cascade_throughput(student_docs_per_s: float, teacher_docs_per_s: float, sha
     return 1.0 / (1.0 / student_docs_per_s + share / teacher_docs_per_s)
 
 
-@dataclass
-class CascadeResult:
-    """One text's cascade answer.
+def result_confidences(results: Sequence[Dict[str, Any]], temperature: float = 1.0) -> List[Optional[float]]:
+    """The student's confidence per ``/classify``-style result (``{"cats": ...}``).
 
-    cats (Dict[str, float]): The answering model's cats.
-    model (str): "student" or "teacher".
-    confidence (float): The student's (scaled) confidence.
-    teacher_failed (bool): The teacher was asked but failed: the student's answer stands.
+    A result without cats (a text without tokens, which no model is run on) has
+    no confidence: None.
+
+    results (Sequence[Dict[str, Any]]): One result per text.
+    temperature (float): The student's temperature.
+    RETURNS (List[Optional[float]]): One confidence (or None) per result.
     """
+    with_cats = [i for i, r in enumerate(results) if r.get("cats")]
+    out: List[Optional[float]] = [None] * len(results)
+    if not with_cats:
+        return out
+    # One label order for all rows: the rows of one student share its labels.
+    labels = sorted(results[with_cats[0]]["cats"])
+    conf = confidence([[float(results[i]["cats"].get(k, 0.0)) for k in labels] for i in with_cats], temperature)
+    for i, c in zip(with_cats, conf):
+        out[i] = float(c)
+    return out
 
-    cats: Dict[str, float]
-    model: str
-    confidence: float
-    teacher_failed: bool = False
 
+def plan(results: Sequence[Dict[str, Any]], threshold: float, temperature: float = 1.0) -> Tuple[List[Optional[float]], List[int]]:
+    """The cascade's decision over a batch of student results: the one code path of
+    :class:`spacy_distill.serving.cascade.Cascade`, ``classify --cascade`` and the server.
 
-class Cascade:
-    """Two loaded spaCy pipelines as one classifier: the student first, the teacher for the rest.
+    Texts without cats (no tokens) are never deferred: the teacher is not run on
+    them either, so it could not answer better.
 
-    student (Any): A pipeline whose ``doc.cats`` are class probabilities.
-    teacher (Any): A pipeline with the same labels.
+    results (Sequence[Dict[str, Any]]): The student's results (``{"cats", ...}``).
     threshold (float): Defer texts whose confidence is below this.
-    temperature (float): Temperature applied to the student's probabilities
-        before the decision (1 = as they are; a ``distill_calibration``
-        component in the student already calibrates them).
-    batch_size (int): ``nlp.pipe`` batch size of both pipelines.
+    temperature (float): The student's temperature.
+    RETURNS (Tuple[List[Optional[float]], List[int]]): Confidence per text and
+        the indices of the deferred texts, in order.
     """
+    conf = result_confidences(results, temperature)
+    return conf, [i for i, c in enumerate(conf) if c is not None and c < threshold]
 
-    def __init__(self, student: Any, teacher: Any, *, threshold: float, temperature: float = 1.0, batch_size: int = 64) -> None:
-        self.student = student
-        self.teacher = teacher
-        self.threshold = float(threshold)
-        self.temperature = float(temperature)
-        self.batch_size = int(batch_size)
 
-    def __call__(self, texts: Iterable[str]) -> List[CascadeResult]:
-        """Classify texts: the student on all, the teacher on the deferred ones in one pass.
+def merge(
+    student_results: Sequence[Dict[str, Any]],
+    conf: Sequence[Optional[float]],
+    deferred: Sequence[int],
+    teacher_results: Optional[Sequence[Dict[str, Any]]],
+) -> List[Dict[str, Any]]:
+    """The cascade's answer per text: the teacher's where deferred, else the student's.
 
-        texts (Iterable[str]): The texts.
-        RETURNS (List[CascadeResult]): One result per text, in order.
-        """
-        texts = list(texts)
-        student_cats = [dict(doc.cats) for doc in self.student.pipe(texts, batch_size=self.batch_size)]
-        labels = sorted({label for cats in student_cats for label in cats})
-        conf = confidence([[c.get(k, 0.0) for k in labels] for c in student_cats], self.temperature) if labels else numpy.zeros(len(texts))
-        # A text the student gives no cats (no tokens) has confidence 0 and goes to the teacher.
-        mask = defer(conf, self.threshold) if labels else numpy.ones(len(texts), dtype=bool)
-        idx = [i for i, d in enumerate(mask) if d]
-        teacher_cats: Dict[int, Dict[str, float]] = {}
-        failed = False
-        if idx:
-            try:
-                docs = self.teacher.pipe([texts[i] for i in idx], batch_size=self.batch_size)
-                teacher_cats = {i: dict(doc.cats) for i, doc in zip(idx, docs)}
-            except Exception:  # noqa: BLE001 - any teacher failure degrades to the student's answer
-                failed = True
-        results = []
-        for i, cats in enumerate(student_cats):
-            if mask[i] and not failed:
-                results.append(CascadeResult(teacher_cats[i], TEACHER, float(conf[i])))
-            else:
-                results.append(CascadeResult(cats, STUDENT, float(conf[i]), teacher_failed=bool(mask[i] and failed)))
-        return results
+    Each result gets ``model`` ("student" or "teacher") and ``confidence`` (the
+    student's); when the teacher failed (``teacher_results`` None), deferred
+    texts keep the student's answer with ``teacher_failed: true``.
+
+    student_results (Sequence[Dict[str, Any]]): The student's results.
+    conf (Sequence[Optional[float]]): From :func:`plan`.
+    deferred (Sequence[int]): From :func:`plan`.
+    teacher_results (Optional[Sequence[Dict[str, Any]]]): The teacher's results
+        for the deferred texts, in their order, or None if the teacher failed.
+    RETURNS (List[Dict[str, Any]]): One result per text, in order.
+    """
+    if teacher_results is not None and len(teacher_results) != len(deferred):
+        raise ValueError(f"cascade: {len(deferred)} texts deferred but {len(teacher_results)} teacher results")
+    out = [{**r, "model": STUDENT, "confidence": c} for r, c in zip(student_results, conf)]
+    for k, i in enumerate(deferred):
+        if teacher_results is None:
+            out[i]["teacher_failed"] = True
+        else:
+            out[i] = {**teacher_results[k], "model": TEACHER, "confidence": conf[i]}
+    return out
+
+
+def count_models(results: Iterable[Dict[str, Any]]) -> Dict[str, int]:
+    """How many results each model answered, and how many fell back after a teacher failure.
+
+    results (Iterable[Dict[str, Any]]): :func:`merge` output.
+    RETURNS (Dict[str, int]): ``{"student": n, "teacher": n, "teacher_failed": n}``.
+    """
+    counts = {STUDENT: 0, TEACHER: 0, "teacher_failed": 0}
+    for r in results:
+        counts[r["model"]] += 1
+        counts["teacher_failed"] += int(bool(r.get("teacher_failed")))
+    return counts
+
+
+def resolve_temperature(
+    pipe_names: Sequence[str], *, temperature: Optional[float] = None, calibration: Optional[Path] = None
+) -> float:
+    """The temperature the decision applies to the student's probabilities.
+
+    A given temperature wins; else a calibration file's (``spacy-distill
+    calibrate``: temperature = 1 / scale); else 1, which is right both for a
+    student with a ``distill_calibration`` component (its ``doc.cats`` are
+    calibrated already, and scaling them again would count the temperature
+    twice) and for raw probabilities.
+
+    pipe_names (Sequence[str]): The student's ``nlp.pipe_names``.
+    temperature (Optional[float]): A given temperature (> 0).
+    calibration (Optional[Path]): A calibration JSON.
+    RETURNS (float): The temperature.
+    """
+    if temperature is not None:
+        if not temperature > 0:
+            raise ValueError(f"cascade: temperature must be > 0, got {temperature}")
+        return float(temperature)
+    if calibration is not None:
+        from .pipeline.calibration import read_calibration
+
+        cal = read_calibration(Path(calibration))
+        if any(abs(b) > 0 for b in cal.bias.values()):
+            # With per-label biases the calibrated top class is no longer a function of one temperature.
+            raise ValueError(f"{calibration}: the calibration has per-label biases; add it to the student with "
+                             "`spacy-distill calibrate-pipeline` instead")
+        if "distill_calibration" in pipe_names:
+            raise ValueError(f"{calibration}: the student already has a distill_calibration component; "
+                             "a calibration file would scale its probabilities twice")
+        return 1.0 / cal.scale
+    return 1.0
+
+
+def threshold_from_report(path: Path, share: Optional[float] = None) -> Tuple[float, float]:
+    """The dev-chosen threshold (and the temperature it is on) from a cascade report.
+
+    path (Path): ``metrics/cascade.json`` (``scripts/cascade.py``).
+    share (Optional[float]): The deferral budget (one of the report's); None: its default.
+    RETURNS (Tuple[float, float]): The threshold and the temperature.
+    """
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf8"))
+        rows = [r for r in report["rows"] if r["name"].startswith("cascade_")]
+        temperature = float(report["temperature"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a cascade report ({type(err).__name__}: {err})") from None
+    if share is None:
+        match = [r for r in rows if r["name"] == report.get("default")]
+    else:
+        match = [r for r in rows if abs(float(r["budget"]) - share) < 1e-9]
+    if not match:
+        budgets = ", ".join(f"{float(r['budget']):g}" for r in rows)
+        raise ValueError(f"{path}: no dev-chosen threshold for a deferral share of {share} (it has {budgets})")
+    return float(match[0]["threshold"]), temperature
+
+
+def resolve_settings(
+    pipe_names: Sequence[str],
+    *,
+    threshold: Optional[float] = None,
+    defer_share: Optional[float] = None,
+    report: Optional[Path] = None,
+    temperature: Optional[float] = None,
+    calibration: Optional[Path] = None,
+) -> Tuple[float, float]:
+    """The threshold and temperature of a cascade from what the user gave
+    (``classify --cascade`` and ``serve --cascade`` share this).
+
+    A threshold is taken as given; a deferral share is looked up in the cascade
+    report (the threshold chosen on dev for that budget, and the temperature it
+    is on); with a report and neither, the report's default budget; with
+    nothing, :data:`DEFAULT_THRESHOLD`.
+
+    pipe_names (Sequence[str]): The student's ``nlp.pipe_names``.
+    threshold (Optional[float]): A given threshold.
+    defer_share (Optional[float]): A deferral budget of the report.
+    report (Optional[Path]): ``metrics/cascade.json``.
+    temperature (Optional[float]): A given temperature.
+    calibration (Optional[Path]): A calibration JSON (its temperature).
+    RETURNS (Tuple[float, float]): The threshold and the temperature.
+    """
+    if threshold is not None and defer_share is not None:
+        raise ValueError("cascade: give a threshold or a deferral share, not both")
+    if defer_share is not None and report is None:
+        raise ValueError("cascade: a deferral share needs the cascade report (metrics/cascade.json) that chose its threshold on dev")
+    if temperature is not None and calibration is not None:
+        raise ValueError("cascade: give a temperature or a calibration file, not both")
+    temp = resolve_temperature(pipe_names, temperature=temperature, calibration=calibration)
+    if threshold is not None:
+        return float(threshold), temp
+    if report is None:
+        return DEFAULT_THRESHOLD, temp
+    thr, report_temp = threshold_from_report(report, defer_share)
+    # The report's thresholds are on its temperature; a calibrated student is on its own already.
+    if temperature is None and calibration is None and "distill_calibration" not in pipe_names:
+        temp = report_temp
+    return thr, temp
 
 
 def macro_f(gold: Sequence[str], pred: Sequence[str]) -> float:
@@ -207,9 +318,10 @@ def evaluate_budget(
     for i, (s, t) in enumerate(zip(student, teacher)):
         if (s["lang"], s["gold"]) != (t["lang"], t["gold"]):
             raise ValueError(f"cascade: doc {i}: the student and teacher predictions are of different docs")
-    labels = sorted(student[0]["cats"]) if student else []
-    conf = confidence([[r["cats"].get(k, 0.0) for k in labels] for r in student], temperature)
-    mask = defer(conf, threshold)
+    # The same decision as the server's and classify's.
+    _conf, deferred = plan(student, threshold, temperature)
+    mask = numpy.zeros(len(student), dtype=bool)
+    mask[deferred] = True
     pred = [max((t if d else s)["cats"].items(), key=lambda kv: kv[1])[0] for s, t, d in zip(student, teacher, mask)]
     per_lang = {}
     for lang in langs:
@@ -232,8 +344,9 @@ def student_confidences(student: List[Dict[str, Any]], temperature: float) -> nu
     temperature (float): The student's temperature.
     RETURNS (numpy.ndarray): One confidence per doc.
     """
-    labels = sorted(student[0]["cats"]) if student else []
-    return confidence([[r["cats"].get(k, 0.0) for k in labels] for r in student], temperature)
+    conf = result_confidences(student, temperature)
+    # A doc without cats is never deferred: it ranks as the most confident.
+    return numpy.asarray([2.0 if c is None else c for c in conf], dtype="f8")
 
 
 def choose_threshold(dev_student: List[Dict[str, Any]], share: float, temperature: float = 1.0) -> float:
@@ -248,15 +361,22 @@ def choose_threshold(dev_student: List[Dict[str, Any]], share: float, temperatur
 
 
 __all__ = [
-    "Cascade",
-    "CascadeResult",
-    "cascade_throughput",
+    "DEFAULT_THRESHOLD",
+    "STUDENT",
+    "TEACHER",
+        "cascade_throughput",
     "choose_threshold",
-    "combine",
     "confidence",
+    "count_models",
     "defer",
     "evaluate_budget",
     "macro_f",
+    "merge",
+    "plan",
+    "resolve_settings",
+    "resolve_temperature",
+    "result_confidences",
     "threshold_for_share",
+    "threshold_from_report",
 ]
 

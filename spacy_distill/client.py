@@ -31,8 +31,13 @@ __all__ = [
     "ClientConnectionError",
     "ClientTimeoutError",
     "ClientStatusError",
+    "ClientRedirectError",
     "ClientResponseError",
 ]
+
+#: Default bound on the size of one answer's body (bytes): the largest the API
+#: gives (128 vectors of a wide model) is a few MB.
+MAX_RESPONSE_BYTES = 32 * 2**20
 
 
 class ClientError(Exception):
@@ -62,6 +67,18 @@ class ClientTimeoutError(ClientError):
 
 class ClientStatusError(ClientError):
     """The server answered with an error status (``status`` and its ``detail``)."""
+
+
+class ClientRedirectError(ClientStatusError):
+    """The server answered with a redirect (3xx): the URL is not the server's API.
+
+    location (Optional[str]): Where the answer points (its ``Location`` header), if it says.
+    """
+
+    def __init__(self, status: int, location: Optional[str], url: str = "") -> None:
+        self.location = location
+        target = f" to {location}" if location else ""
+        super().__init__(status, f"redirected{target}; the client does not follow redirects: use the server's own URL", url)
 
 
 class ClientResponseError(ClientError):
@@ -186,6 +203,8 @@ class Client:
     retries (int): Extra attempts after a connection error, a dropped
         connection or a 503, while the deadline allows.
     backoff (float): First wait between attempts, doubled each time (with jitter).
+    max_response_bytes (int): Largest answer body read; a larger one raises
+        ``ClientResponseError`` without being buffered.
     """
 
     def __init__(
@@ -195,6 +214,7 @@ class Client:
         timeout: float = 10.0,
         retries: int = 2,
         backoff: float = 0.2,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
@@ -202,6 +222,9 @@ class Client:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if backoff < 0:
             raise ValueError(f"backoff must be >= 0, got {backoff}")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
@@ -209,9 +232,11 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self._local = threading.local()
-        headers = {"Accept": "application/json"}
+        headers: Dict[str, Any] = {"Accept": "application/json"}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
+            # As UTF-8 bytes: httpx encodes str header values as ASCII, which
+            # fails on "tökén"; the server compares the UTF-8 bytes.
+            headers["Authorization"] = f"Bearer {token}".encode()
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -294,8 +319,8 @@ class Client:
         """
         self._local.deadline = time.monotonic() + self.timeout
         try:
-            response = self._http.get("/ready")
-        except httpx.HTTPError:
+            response = self._send("GET", "/ready", f"{self.url}/ready")
+        except (httpx.HTTPError, ClientResponseError):
             return False
         finally:
             self._local.deadline = None
@@ -315,7 +340,7 @@ class Client:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = self._send(method, path, url, **kwargs)
             except httpx.TimeoutException as err:
                 if isinstance(err, httpx.ConnectTimeout) and not last:
                     if self._pause(delay, deadline):
@@ -344,6 +369,8 @@ class Client:
                 if self._pause(_retry_after(response, delay), deadline):
                     delay *= 2
                     continue
+            if 300 <= response.status_code < 400:
+                raise ClientRedirectError(response.status_code, response.headers.get("location"), url)
             if response.status_code >= 400:
                 raise ClientStatusError(response.status_code, _detail(response), url)
             try:
@@ -353,6 +380,36 @@ class Client:
                     response.status_code, "the server sent invalid JSON", url
                 ) from err
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, method: str, path: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, its body read up to ``max_response_bytes`` (never buffered past it).
+
+        method (str): HTTP method.
+        path (str): Path under the base URL.
+        url (str): The full URL, for the error message.
+        RETURNS (httpx.Response): The answer, its body read.
+        """
+        limit = self.max_response_bytes
+        with self._http.stream(method, path, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise ClientResponseError(
+                    response.status_code,
+                    f"the answer is {int(declared)} bytes, over max_response_bytes={limit}",
+                    url,
+                )
+            body = bytearray()
+            # Counted as it arrives (decompressed), so a server that sends no
+            # Content-Length, or a false one, cannot fill the client's memory.
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise ClientResponseError(
+                        response.status_code, f"the answer exceeds max_response_bytes={limit}", url
+                    )
+        # The body is already decoded: drop the headers that would decode it again.
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
 
     def _pause(self, delay: float, deadline: float) -> bool:
         """Sleep before the next attempt. RETURNS (bool): False if no time is left for one."""

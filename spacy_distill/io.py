@@ -31,6 +31,11 @@ PathLike = Union[str, Path]
 #: Input formats, by suffix (a directory is read as ``.spacy`` shards).
 SUFFIXES = (".txt", ".jsonl", ".ndjson", ".csv", ".spacy")
 
+#: Longest text (characters) ``read_records`` accepts by default: spaCy's default
+#: ``nlp.max_length``, past which ``nlp(text)`` raises E088 (after the model has
+#: loaded, without saying where the text came from).
+MAX_LENGTH = 1_000_000
+
 
 class InputError(ValueError):
     """A problem in an input file, with where it is.
@@ -94,13 +99,38 @@ class Record:
         return _where(self.path or "<input>", self.line, self.doc)
 
 
-def read_records(path: PathLike, text_field: str = "text") -> Iterator[Record]:
+def read_records(path: PathLike, text_field: str = "text", max_length: Optional[int] = MAX_LENGTH) -> Iterator[Record]:
     """Stream the records of an input file (see the module docstring for formats).
 
     path (PathLike): The input: a file, or a directory of ``.spacy`` files.
     text_field (str): JSON field or CSV column that holds the text.
+    max_length (Optional[int]): Longest text in characters (a longer one is an
+        ``InputError`` at its file:line); pass the pipeline's ``nlp.max_length``
+        where it differs, None for no limit.
     YIELDS (Record): One record per text, in file order (blank lines skipped).
     """
+    for record in _read_records(Path(path), text_field):
+        if max_length is not None and len(record.text) > max_length:
+            raise InputError(
+                record.path or path, record.line,
+                f"the text has {len(record.text):,} characters, over the limit of {max_length:,} (the pipeline's nlp.max_length)",
+                doc=record.doc,
+            )
+        yield record
+
+
+def check_records(path: PathLike, text_field: str = "text", max_length: Optional[int] = MAX_LENGTH) -> int:
+    """Read a whole input once, so that a bad record fails before any model loads.
+
+    path (PathLike): The input.
+    text_field (str): JSON field or CSV column that holds the text.
+    max_length (Optional[int]): As for :func:`read_records`.
+    RETURNS (int): The number of records.
+    """
+    return sum(1 for _ in read_records(path, text_field, max_length))
+
+
+def _read_records(path: Path, text_field: str) -> Iterator[Record]:
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such file or directory")
@@ -519,6 +549,7 @@ __all__ = [
     "atomic_path",
     "batched",
     "check_output",
+    "check_records",
     "count_records",
     "exit_on_sigterm",
     "read_records",

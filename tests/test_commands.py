@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -211,8 +212,8 @@ def test_calibrate_refuses_to_overwrite_and_reports_bad_files(bow_teacher, tmp_p
 @pytest.mark.parametrize(
     "cats,message",
     [
-        ({"GOOD": 1.0, "BAD": 0.0}, "has the labels ['BAD', 'GOOD']"),
-        ({"POSITIVE": 1.0}, "has the labels ['POSITIVE']"),
+        ({"GOOD": 1.0, "BAD": 0.0}, "have the labels ['BAD', 'GOOD']"),
+        ({"POSITIVE": 1.0}, "have the labels ['POSITIVE']"),
         ({"POSITIVE": 1.0, "NEGATIVE": 0.0, "NEUTRAL": 0.0}, "predicts ['NEGATIVE', 'POSITIVE']"),
     ],
 )
@@ -223,7 +224,7 @@ def test_calibrate_refuses_labels_the_pipeline_does_not_predict(bow_teacher, tmp
     out = tmp_path / "cal.json"
     r = _run(["calibrate", str(bow_teacher), str(gold), str(out)])
     assert r.exit_code == 1 and message in r.output and not out.exists()
-    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith(f"error: {gold}:1: ")
 
 
 def test_augment_refuses_a_table_on_its_output(tmp_path, inputs):
@@ -234,6 +235,75 @@ def test_augment_refuses_a_table_on_its_output(tmp_path, inputs):
     assert r.exit_code == 1 and "other output" in r.output and not out.exists()
     r = _augment(inp, cfg, tmp_path / "v.jsonl", "--save-table", str(tmp_path / "v.jsonl" / "table.json"))
     assert r.exit_code == 1 and "other output" in r.output and not (tmp_path / "v.jsonl").exists()
+
+
+def test_calibrate_pipeline_keeps_the_scale_exact_and_loads_without_a_warning(bow_teacher, tmp_path):
+    # Issue #19: the component's JSON held 0.3390819339 (config.cfg: 0.33908193394310604), so
+    # every spacy.load warned that the stored calibration replaces the config's.
+    scale = 0.33908193394310604
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"scale": scale, "bias": {}, "exclusive_classes": True}))
+    out = tmp_path / "calibrated"
+    r = _run(["calibrate-pipeline", str(bow_teacher), str(cal), str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "calibration" / "cfg").read_text())["scale"] == scale
+    # A fresh process, every warning an error: the load must be silent.
+    code = f"import spacy; nlp = spacy.load({str(out)!r}); assert nlp.get_pipe('calibration').scale == {scale!r}"
+    p = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "replaces the one in the config" not in p.stderr, p.stderr
+    # Pipelines written before (10 significant digits stored) load without the warning too.
+    cfg = out / "calibration" / "cfg"
+    cfg.write_text(cfg.read_text().replace(repr(scale), "0.3390819339"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert spacy.load(out).get_pipe("calibration").scale == pytest.approx(scale, rel=1e-9)
+
+
+def test_augment_refuses_a_pos_pipeline_that_sets_no_pos(tmp_path, inputs):
+    # Issue #19: --pos en=PIPELINE with a pipeline that sets no POS ran with exit 0 (no swap could happen).
+    inp, _ = inputs
+    untagged = tmp_path / "untagged"
+    spacy.blank("en").to_disk(untagged)
+    cfg = tmp_path / "p1.cfg"
+    cfg.write_text('[augment]\n@augmenters = "spacy-distill.PosAugmenter.v1"\nn_iter = 2\np_pos = 0.5\n')
+    out = tmp_path / "v.jsonl"
+    r = _augment(inp, cfg, out, "--pos", f"en={untagged}")
+    assert r.exit_code == 1, r.output
+    assert f"--pos en={untagged}: the pipeline sets no POS" in r.output and "4 text(s)" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["label", "augment", "calibrate"])
+def test_an_over_long_record_fails_at_its_line_before_the_model_loads(bow_teacher, tmp_path, inputs, command):
+    # Issue #19: a 20 MB record gave spaCy's E088, without file:line, after the model had loaded.
+    _, cfg = inputs
+    inp = tmp_path / "long.jsonl"
+    rows = [{"text": t, "cats": {"POSITIVE": 1.0, "NEGATIVE": 0.0}, "lang": "en"} for t in TEXTS]
+    rows.insert(2, {**rows[0], "text": "x" * 1_000_001})
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A pipeline that cannot load: reaching spacy.load would be a different error.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.cfg").write_text("[nlp]\nlang = 'no-such-language'\n")
+    if command == "label":
+        r = _label(broken, inp, tmp_path / "out.spacy")
+    elif command == "calibrate":
+        r = _run(["calibrate", str(broken), str(inp), str(tmp_path / "cal.json")])
+    else:
+        r = _augment(inp, cfg, tmp_path / "out.jsonl", "--pos", f"en={broken}")
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith(f"error: {inp}:3: the text has 1,000,001 characters, over the limit of 1,000,000")
+    assert len(r.output.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", "cal"))] == []
+
+
+def test_read_records_length_limit(tmp_path):
+    path = _file(tmp_path / "t.txt", b"short\n" + b"y" * 11 + b"\n")
+    with pytest.raises(InputError, match=r"t.txt:2: the text has 11 characters, over the limit of 10"):
+        list(read_records(path, max_length=10))
+    assert len(list(read_records(path, max_length=11))) == 2
+    assert len(list(read_records(path, max_length=None))) == 2
 
 
 # --- interruption: SIGTERM and SIGINT mid-run -------------------------------------------------

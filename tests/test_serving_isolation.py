@@ -98,7 +98,13 @@ def _percentile(values: List[float], q: float) -> float:
 
 
 def test_pathological_request_neither_blocks_nor_outlives_its_timeout(model_dir: Path) -> None:
-    settings = ServeSettings(request_timeout_s=2.0, max_chars=MAX_CHARS)
+    # Token budgets far above the defaults: this request must run past its timeout.
+    settings = ServeSettings(
+        request_timeout_s=2.0,
+        max_chars=MAX_CHARS,
+        max_tokens_per_text=2 * MAX_CHARS,
+        max_tokens_per_request=10_000_000,
+    )
     app = create_app({"student": str(model_dir)}, settings)
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         result: Dict[str, Any] = {}

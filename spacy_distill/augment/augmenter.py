@@ -319,6 +319,7 @@ def augment_file(
     include_original: bool = False,
     batch_size: int = 256,
     progress: bool = True,
+    require_pos: Optional[Dict[str, str]] = None,
 ) -> AugmentStats:
     """Augment every text of a file into a JSONL of variants, atomically.
 
@@ -338,15 +339,23 @@ def augment_file(
     include_original (bool): Also write each original text, as variant 0.
     batch_size (int): Texts per tagging batch.
     progress (bool): Show progress (see ``spacy_distill.progress``).
+    require_pos (Optional[Dict[str, str]]): Languages whose pipeline must set
+        ``token.pos_`` (those given with ``--pos``), each with the name shown in
+        the error: one that tags none of its texts is refused after pass 1,
+        before the output is written.
     RETURNS (AugmentStats): Counts.
     """
     from spacy.util import minibatch
 
-    from ..io import InputError, atomic_path, count_records, read_records, scratch_file
+    from ..io import InputError, UsageError, atomic_path, count_records, read_records, scratch_file
     from ..progress import progress_bar
 
     stats = AugmentStats()
     total = count_records(input_path)
+    # Per language: texts with tokens, and texts with POS tags. A pipeline that
+    # sets no POS would silently turn every swap into a no-op.
+    n_tokenized: Dict[str, int] = defaultdict(int)
+    n_tagged: Dict[str, int] = defaultdict(int)
     with scratch_file(output_path, ".tokens.jsonl") as tmp_tokens:
         # Pass 1: tag and count.
         with tmp_tokens.open("w", encoding="utf8") as out:
@@ -363,6 +372,9 @@ def augment_file(
                 for code, idx in by_lang.items():
                     for j, doc in zip(idx, pipeline_for(code, "").pipe([batch[j].text for j in idx])):
                         toks = doc_to_tokens(doc)
+                        if len(doc):
+                            n_tokenized[code] += 1
+                            n_tagged[code] += doc.has_annotation("POS")
                         augmenter.fit_tokens(toks, code)
                         tokens[j] = toks
                 for j, rec in enumerate(batch):
@@ -370,6 +382,12 @@ def augment_file(
                 stats.n_texts += len(batch)
                 bar.update(len(batch))
             bar.close()
+        for code, name in (require_pos or {}).items():
+            if n_tokenized[code] and not n_tagged[code]:
+                raise UsageError(
+                    f"--pos {code}={name}: the pipeline sets no POS (token.pos_) on any of its "
+                    f"{n_tokenized[code]} text(s); use one with a morphologizer, or a tagger and an attribute_ruler"
+                )
         # Pass 2: make the variants.
         with atomic_path(output_path) as tmp_out, tmp_out.open("w", encoding="utf8") as out:
             bar = progress_bar(stats.n_texts, "augment", unit="text", enabled=progress)

@@ -15,6 +15,7 @@ from ..io import (
     UsageError,
     atomic_path,
     check_output,
+    check_records,
 )
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -113,6 +114,9 @@ def _augment(
             raise UsageError(f"overrides {sorted(overrides)} need a --config with an [augment] section")
         augmenter = PosAugmenter()
     pos_paths = parse_pos_specs(pos)
+    # Read the input once before any POS pipeline loads: a corrupt or over-long
+    # record fails at its file:line first.
+    check_records(input_path)
     pipelines: Dict[str, object] = {}
 
     def pipeline_for(code: str, where: str):
@@ -128,7 +132,7 @@ def _augment(
 
     stats = augment_file(
         augmenter, input_path, output_path, pipeline_for, default_lang=lang,
-        include_original=include_original, batch_size=batch_size, progress=progress,
+        include_original=include_original, batch_size=batch_size, progress=progress, require_pos=pos_paths,
     )
     if save_table is not None:
         with atomic_path(save_table) as tmp_table:

@@ -19,6 +19,7 @@
   calibrated copy of a pipeline. No torch is needed.
 """
 
+import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
-import srsly
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import minibatch
@@ -340,6 +340,24 @@ def calibrate_probs(
     return 1.0 / (1.0 + numpy.exp(-(scale * (numpy.log(P) - numpy.log1p(-P)) + b)))
 
 
+def _same_params(a: Tuple[float, Dict[str, float], bool, List[str]], b: Tuple[float, Dict[str, float], bool, List[str]]) -> bool:
+    """Whether two (scale, bias, exclusive_classes, labels) are the same calibration.
+
+    Floats compare to 1e-9 relative: pipelines written before the cfg kept full
+    precision hold the scale with 10 significant digits.
+    """
+    def close(x: float, y: float) -> bool:
+        return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+
+    return (
+        close(a[0], b[0])
+        and set(a[1]) == set(b[1])
+        and all(close(a[1][k], b[1][k]) for k in a[1])
+        and bool(a[2]) == bool(b[2])
+        and list(a[3]) == list(b[3])
+    )
+
+
 def _check_params(scale: float, bias: Dict[str, float], labels: Sequence[str]) -> None:
     if not (math.isfinite(scale) and scale > 0):
         # A scale <= 0 would flatten or flip the classifier's ranking, not calibrate it.
@@ -452,7 +470,7 @@ class CalibratedCats:
         stored = (float(data["scale"]), dict(data["bias"]), bool(data["exclusive_classes"]), list(data["labels"]))
         current = (self.scale, self.bias, self.exclusive_classes, self._labels)
         default = (1.0, {}, True, [])
-        if current not in (stored, default):
+        if not (_same_params(current, stored) or _same_params(current, default)):
             # The stored values are the fitted ones (like a model's weights); a config
             # that says otherwise was edited by hand or overridden at load time.
             warnings.warn(
@@ -472,7 +490,9 @@ class CalibratedCats:
         exclude (Iterable[str]): Ignored (nothing to exclude).
         RETURNS (bytes): The parameters as JSON.
         """
-        return srsly.json_dumps(self.cfg).encode("utf8")
+        # The stdlib's json: srsly's ujson writes floats with 10 significant digits,
+        # and a truncated scale differs from the config's (a warning at every load).
+        return json.dumps(self.cfg).encode("utf8")
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "CalibratedCats":
         """Load parameters written by :meth:`to_bytes`.
@@ -481,7 +501,7 @@ class CalibratedCats:
         exclude (Iterable[str]): Ignored.
         RETURNS (CalibratedCats): Itself.
         """
-        self._load_cfg(srsly.json_loads(bytes_data))
+        self._load_cfg(json.loads(bytes_data))
         return self
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
@@ -492,7 +512,8 @@ class CalibratedCats:
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        srsly.write_json(path / "cfg", self.cfg)
+        # Full float precision (see to_bytes).
+        (path / "cfg").write_text(json.dumps(self.cfg, indent=2) + "\n", encoding="utf8")
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "CalibratedCats":
         """Load parameters written by :meth:`to_disk`.
@@ -501,7 +522,7 @@ class CalibratedCats:
         exclude (Iterable[str]): Ignored.
         RETURNS (CalibratedCats): Itself.
         """
-        self._load_cfg(srsly.read_json(Path(path) / "cfg"))
+        self._load_cfg(json.loads((Path(path) / "cfg").read_text(encoding="utf8")))
         return self
 
 

@@ -37,6 +37,14 @@ from thinc.types import Floats1d, Floats2d, Ints1d
 # the text). Full, 2**18 words of 3-10 letters (1- to 4-grams) take ~106 MiB
 # (measured with tracemalloc); longer words take more.
 WORD_CACHE_SIZE = 2**18
+# Only words of at most this many characters are cached: the cache is counted
+# in entries, and one unique 10,000-character word would hold ~320 KB in it
+# (a request of such words grew a server worker by hundreds of MB). With the
+# cap, an entry holds at most (MAX_CACHED_WORD_CHARS + 2) * max_n keys of 8
+# bytes, ~0.9 KB with max_n=4 (key, bytes and cache node included), so the
+# full cache stays under ~240 MB whatever the input; longer words are rarer
+# and their keys are computed each time (the same keys).
+MAX_CACHED_WORD_CHARS = 20
 
 # As the stock TextCatBOW: a resized output layer's new class starts very
 # unlikely when an activation follows the sparse layer.
@@ -68,14 +76,23 @@ def char_wb_ngrams(word: str, min_n: int, max_n: int) -> List[str]:
     return ngrams
 
 
-@lru_cache(maxsize=WORD_CACHE_SIZE)
-def _word_keys(word: str, min_n: int, max_n: int) -> bytes:
+def _compute_word_keys(word: str, min_n: int, max_n: int) -> bytes:
     # The keys as the raw bytes of a uint64 array: a doc's keys are then one
     # b"".join and one numpy.frombuffer, and a bytes object is smaller than an
-    # array in the cache. Module-level rather than in model.attrs, which are
-    # serialized with the model.
+    # array in the cache.
     keys = [hash_string(ngram) for ngram in char_wb_ngrams(word, min_n, max_n)]
     return numpy.asarray(keys, dtype=numpy.uint64).tobytes()
+
+
+# Module-level rather than in model.attrs, which are serialized with the model.
+_word_keys = lru_cache(maxsize=WORD_CACHE_SIZE)(_compute_word_keys)
+
+
+def _keys_of(word: str, min_n: int, max_n: int) -> bytes:
+    # Long words bypass the cache (see MAX_CACHED_WORD_CHARS): same keys, bounded memory.
+    if len(word) > MAX_CACHED_WORD_CHARS:
+        return _compute_word_keys(word, min_n, max_n)
+    return _word_keys(word, min_n, max_n)
 
 
 def doc_char_ngram_keys(text: str, min_n: int, max_n: int, lowercase: bool = True) -> numpy.ndarray:
@@ -94,7 +111,7 @@ def doc_char_ngram_keys(text: str, min_n: int, max_n: int, lowercase: bool = Tru
     """
     if lowercase:
         text = text.lower()
-    joined = b"".join([_word_keys(word, min_n, max_n) for word in text.split()])
+    joined = b"".join([_keys_of(word, min_n, max_n) for word in text.split()])
     return numpy.frombuffer(joined, dtype=numpy.uint64)
 
 

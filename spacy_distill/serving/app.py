@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import re
 import threading
 import time
 from collections import deque
@@ -45,10 +46,11 @@ from .batching import (
     JobExpiredError,
     ModelWorker,
     QueueFullError,
+    TooCostlyError,
     WorkerClosedError,
 )
 from .inference import ModelInfo, NoVectorsError
-from .runner import ModelLoadError, ProcessBackend, ThreadBackend
+from .runner import ModelLoadError, ProcessBackend, ThreadBackend, rss_mb
 from .schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -76,7 +78,7 @@ _ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
         401: "Missing or wrong bearer token (only when a token is configured)",
         404: "Unknown model",
         408: "The request body did not arrive within body_timeout_s",
-        413: "A size limit was exceeded (body, number of texts, characters per text)",
+        413: "A size limit was exceeded (body, number of texts, characters or tokens)",
         422: "Wrong types or missing fields, or the model cannot do this (e.g. no vectors)",
         431: "Too many or too large request headers",
         503: "Models still loading, overloaded, shutting down, or no result within the timeout",
@@ -144,6 +146,24 @@ class _Metrics:
         self.ready = Gauge(
             "spacy_distill_ready", "1 when every model is loaded", registry=self.registry
         )
+        self.worker_rss = Gauge(
+            "spacy_distill_worker_rss_bytes",
+            "Resident memory of the process a model runs in",
+            ["model"],
+            registry=self.registry,
+        )
+        self.rss_replacements = Gauge(
+            "spacy_distill_worker_rss_replacements",
+            "Worker processes replaced for passing max_worker_rss_mb",
+            ["model"],
+            registry=self.registry,
+        )
+        self.process_rss = Gauge(
+            "spacy_distill_process_rss_bytes",
+            "Resident memory of the HTTP server process",
+            registry=self.registry,
+        )
+        self.process_rss.set_function(lambda: (rss_mb(os.getpid()) or 0.0) * 1024 * 1024)
 
     def observe_batch(self, model: str, n_jobs: int, n_texts: int, seconds: float) -> None:
         self.texts.labels(model).inc(n_texts)
@@ -207,6 +227,13 @@ class ServerState:
                 except ModelLoadError as err:
                     raise ModelLoadError(f"model {name!r} ({label}): {err}") from None
                 info = backend.info
+                if not info.labels and not self.settings.vectors_only:
+                    # Would answer 200 with empty cats to every /classify.
+                    backend.close()
+                    raise ModelLoadError(
+                        f"model {name!r} ({label}) has no text classifier (no component "
+                        "sets doc.cats); serve it with --vectors-only for /encode alone"
+                    )
                 self.infos[name] = info
                 worker = ModelWorker(
                     backend,
@@ -216,8 +243,16 @@ class ServerState:
                     observer=self.metrics.observe_batch,
                     arriving=lambda: self.arriving,
                     cancel_grace_s=self.settings.cancel_grace_s,
+                    max_rss_mb=self.settings.max_worker_rss_mb,
+                    slice_tokens=self.settings.slice_tokens,
                 )
                 self.metrics.queue_depth.labels(name).set_function(lambda w=worker: w.queue_depth)
+                self.metrics.worker_rss.labels(name).set_function(
+                    lambda w=worker: (w.backend.current().get("rss_mb") or 0.0) * 1024 * 1024
+                )
+                self.metrics.rss_replacements.labels(name).set_function(
+                    lambda w=worker: w.backend.rss_replacements
+                )
                 with self._lock:
                     self.workers[name] = worker
                 logger.info("model %s ready (labels: %s)", name, ", ".join(info.labels) or "-")
@@ -305,6 +340,8 @@ class ServerState:
             "load_error": self.load_error,
             "default_model": self.default_model,
             "uptime_s": time.time() - self.started,
+            # The HTTP process itself (each worker's is in models.*.runtime).
+            "process": {"pid": os.getpid(), "rss_mb": rss_mb(os.getpid())},
             "requests": {"total": total, "by_path": by_path},
             "latency_ms": latencies,
             "models": models,
@@ -322,6 +359,11 @@ class ServerState:
                 "header_timeout_s": s.header_timeout_s,
                 "body_timeout_s": s.body_timeout_s,
                 "keep_alive_s": s.keep_alive_s,
+                "max_tokens_per_request": s.max_tokens_per_request,
+                "max_tokens_per_text": s.max_tokens_per_text,
+                "slice_tokens": s.slice_tokens,
+                "max_worker_rss_mb": s.max_worker_rss_mb,
+                "vectors_only": s.vectors_only,
             },
             "inference": s.inference,
             "auth": s.token is not None,
@@ -387,8 +429,21 @@ class _GuardMiddleware:
                 await _send_json(send_wrapper, 408, {"detail": detail}, close=True)
                 return
             if too_big is not None:
-                await _send_json(send_wrapper, 413, {"detail": too_big})
+                # The rest of the body was not read: close, or its bytes would
+                # be parsed as the next request's head (an unsolicited 431).
+                await _send_json(send_wrapper, 413, {"detail": too_big}, close=True)
                 return
+            if scope.get("method") == "POST" and path in _BATCHED_PATHS:
+                # Bound validation before pydantic sees the body (it would build
+                # one error per bad item: 1M of them for 2 MB of zeros, for
+                # seconds on the event loop); the JSON parse runs in a thread.
+                checked = await asyncio.to_thread(
+                    precheck_body, body, _content_type(headers), path, settings.max_texts
+                )
+                if isinstance(checked, tuple):
+                    await _send_json(send_wrapper, checked[0], {"detail": _printable(checked[1])})
+                    return
+                body = checked
             await self.app(scope, _replayer(body, receive), send_wrapper)
         finally:
             self.state.arrival_done(scope)
@@ -432,6 +487,220 @@ async def _read_body(
     return [{"type": "http.request", "body": b"".join(chunks), "more_body": False}] + messages, None
 
 
+# Most per-field errors that pydantic may be left to build for one request.
+_MAX_ERRORS = 5
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos
+
+
+def _expect(text: str, pos: int, char: str, what: str) -> int:
+    if text[pos : pos + 1] != char:
+        raise json.JSONDecodeError(what, text, pos)
+    return pos + 1
+
+
+def _scalar(text: str, pos: int) -> "tuple[Any, int]":
+    # A string, number, true/false/null: one short C call (never a container).
+    if text[pos : pos + 1] in ("[", "{"):
+        raise TypeError("container")
+    try:
+        return _DECODER.scan_once(text, pos)
+    except StopIteration as err:
+        raise json.JSONDecodeError("Expecting value", text, err.value) from None
+
+
+def _skip_value(text: str, pos: int, budget: List[int], depth: int = 0) -> int:
+    # Syntax only, item by item; ``budget[0]`` items at most, then ``OverflowError``.
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 100:
+        raise OverflowError
+    opener = text[pos : pos + 1]
+    if opener not in ("[", "{"):
+        return _scalar(text, pos)[1]
+    closer = "]" if opener == "[" else "}"
+    pos = _skip_ws(text, pos + 1)
+    if text[pos : pos + 1] == closer:
+        return pos + 1
+    while True:
+        if opener == "{":
+            if text[pos : pos + 1] != '"':
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+            pos = _DECODER.scan_once(text, pos)[1]
+            pos = _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "Expecting ':' delimiter"))
+        pos = _skip_ws(text, _skip_value(text, pos, budget, depth + 1))
+        if text[pos : pos + 1] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        return _expect(text, pos, closer, "Expecting ',' delimiter")
+
+
+def _scan_request(
+    text: str, fields: "set[str]", max_texts: int
+) -> "Union[Dict[str, Any], tuple[int, str]]":
+    """Parse a /classify or /encode body up to the first reason to refuse it.
+
+    ``json.loads`` is one C call that holds the GIL for the whole body (0.2 s
+    and more for 2 MB of zeros: the event loop, ``/health`` included, waits
+    for it), and pydantic then builds one error per bad item. A valid body is
+    an object of a few scalar fields and ``texts``, a list of at most
+    ``max_texts`` strings; this reads it item by item and stops at the first
+    item that cannot be part of one (a non-string text, text ``max_texts +
+    1``, a container where a scalar belongs, the sixth unknown field), so the
+    work is bounded whatever the body holds. A body refused here may have
+    syntax errors further on that are not reported.
+
+    text (str): The body.
+    fields (set[str]): The request's field names.
+    max_texts (int): Most texts per request.
+    RETURNS (Union[Dict[str, Any], tuple[int, str]]): The fields, or a
+        status and message.
+    """
+    pos = _skip_ws(text, 0)
+    if text[pos : pos + 1] != "{":
+        # Not an object (or no JSON): only the syntax matters.
+        json.loads(text)
+        return 422, "invalid request: body: Input should be a valid dictionary or object"
+    data: Dict[str, Any] = {}
+    problems: List[str] = []
+    pos = _skip_ws(text, pos + 1)
+    closed = text[pos : pos + 1] == "}"
+    if closed:
+        pos += 1
+    while not closed:
+        if text[pos : pos + 1] != '"':
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+        key, pos = _DECODER.scan_once(text, pos)
+        pos = _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "Expecting ':' delimiter"))
+        if key not in fields:
+            problems.append(f"{key[:50]}: Extra inputs are not permitted")
+            if len(problems) > _MAX_ERRORS:
+                break
+            try:
+                pos = _skip_value(text, pos, [1000])
+            except OverflowError:
+                break  # refused anyway; the rest need not be read
+        elif key == "texts" and text[pos : pos + 1] == "[":
+            texts: List[str] = []
+            pos = _skip_ws(text, pos + 1)
+            done = text[pos : pos + 1] == "]"
+            if done:
+                pos += 1
+            while not done:
+                if len(texts) >= max_texts:
+                    return 413, f"too many texts: more than {max_texts} > max_texts={max_texts}"
+                try:
+                    item, pos = _scalar(text, pos)
+                except TypeError:
+                    item = []
+                if not isinstance(item, str):
+                    kind = "null" if item is None else type(item).__name__
+                    problems.append(f"texts.{len(texts)}: must be a string, got {kind}")
+                    return 422, "invalid request: " + "; ".join(problems)
+                texts.append(item)
+                pos = _skip_ws(text, pos)
+                if text[pos : pos + 1] == ",":
+                    pos = _skip_ws(text, pos + 1)
+                    continue
+                pos = _expect(text, pos, "]", "Expecting ',' delimiter")
+                done = True
+            data[key] = texts
+        else:
+            try:
+                data[key], pos = _scalar(text, pos)
+            except TypeError:
+                # No field takes a list or object but texts: stop here.
+                problems.append(f"{key[:50]}: Input should be a valid string or null")
+                break
+        pos = _skip_ws(text, pos)
+        if text[pos : pos + 1] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        pos = _expect(text, pos, "}", "Expecting ',' delimiter")
+        closed = True
+    if closed and _skip_ws(text, pos) != len(text):
+        raise json.JSONDecodeError("Extra data", text, _skip_ws(text, pos))
+    if closed and "texts" not in data:
+        problems.insert(0, "texts: Field required")
+    if "texts" in data and not isinstance(data["texts"], list):
+        problems.append("texts: Input should be a valid list of strings")
+    for key in ("model", "pooling"):
+        if key in data and not (data[key] is None or isinstance(data[key], str)):
+            problems.append(f"{key}: Input should be a valid string")
+    if problems:
+        more = "; ... and more" if len(problems) > _MAX_ERRORS else ""
+        return 422, "invalid request: " + "; ".join(problems[:_MAX_ERRORS]) + more
+    return data
+
+
+def _content_type(headers: List[Any]) -> Optional[bytes]:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return bytes(value)
+    return None
+
+
+def _request_fields(path: str) -> "set[str]":
+    model = ClassifyRequest if path == "/classify" else EncodeRequest
+    names = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        if info.alias:
+            names.add(info.alias)
+    return names
+
+
+def precheck_body(
+    messages: List[Dict[str, Any]], content_type: Optional[bytes], path: str, max_texts: int
+) -> "Union[List[Dict[str, Any]], tuple[int, str]]":
+    """A cheap, bounded check of a /classify or /encode body before pydantic.
+
+    It rejects what would make pydantic build many errors: ``texts`` that is
+    not a list, holds more than ``max_texts`` items or a non-string, and
+    unknown fields; each with one message. A body it passes has at most a
+    few fields and ``max_texts`` strings, so pydantic's own checks stay cheap
+    (and at most a few errors). Bodies FastAPI does not parse as JSON (another
+    content type, no body) are left to it.
+
+    messages (List[Dict[str, Any]]): The body as read (``http.request`` messages).
+    content_type (Optional[bytes]): The Content-Type header.
+    path (str): "/classify" or "/encode".
+    max_texts (int): Most texts per request.
+    RETURNS (Union[List[Dict[str, Any]], tuple[int, str]]): The messages to
+        pass on (the body re-encoded, so that duplicate keys cannot smuggle a
+        large value past the check), or a status and message.
+    """
+    if not messages or messages[0].get("type") != "http.request":
+        return messages
+    raw = messages[0].get("body", b"")
+    if not raw:
+        return messages
+    if content_type is not None:
+        subtype = content_type.split(b";", 1)[0].strip().lower()
+        # As FastAPI: only these are parsed as JSON (anything else fails as one error).
+        if subtype != b"application/json" and not subtype.endswith(b"+json"):
+            return messages
+    try:
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        data = _scan_request(text, _request_fields(path), max_texts)
+    except json.JSONDecodeError as err:
+        return 400, f"malformed JSON at position {err.pos}: {err.msg}"
+    except (UnicodeDecodeError, ValueError) as err:
+        return 400, f"malformed JSON: {err}"
+    except RecursionError:
+        return 400, "malformed JSON: nested too deeply"
+    if isinstance(data, tuple):
+        return data
+    body = json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return [{"type": "http.request", "body": body, "more_body": False}] + messages[1:]
+
+
 def _replayer(
     messages: List[Dict[str, Any]], receive: Callable[[], Awaitable[Any]]
 ) -> Callable[[], Awaitable[Any]]:
@@ -467,7 +736,8 @@ def _printable(text: str) -> str:
 
 def _validation_message(err: RequestValidationError) -> "tuple[int, str]":
     """Turn pydantic's error list into a status and one readable line."""
-    errors = list(err.errors())
+    # Called once, and bounded: precheck_body leaves at most a few errors.
+    errors = list(err.errors()[:50])
     for item in errors:
         if item.get("type") == "json_invalid":
             detail = (item.get("ctx") or {}).get("error", "invalid JSON")
@@ -497,6 +767,12 @@ def create_app(
     """
     settings = settings or ServeSettings()
     state = ServerState(models, settings)
+    # The student→teacher cascade (serving/cascade.py), served as one more model.
+    cascade = None
+    if settings.cascade:
+        from .cascade import ServerCascade
+
+        cascade = ServerCascade(settings.cascade, state)
 
     async def lifespan(app: FastAPI) -> Any:
         if settings.load_in_background:
@@ -535,9 +811,15 @@ def create_app(
         if settings.token is None:
             return True
         given = credentials.credentials if credentials is not None else ""
-        # Compare bytes: compare_digest refuses non-ASCII str, and headers can be anything.
+        # Compare bytes: compare_digest refuses non-ASCII str. Starlette decodes
+        # header bytes as Latin-1, so encoding back gives the bytes as sent,
+        # which a UTF-8 client made from the token's UTF-8.
+        try:
+            raw = given.encode("latin-1")
+        except UnicodeEncodeError:
+            return False
         return credentials is not None and hmac.compare_digest(
-            given.encode("utf-8", "surrogateescape"), settings.token.encode("utf-8")
+            raw, settings.token.encode("utf-8")
         )
 
     if settings.token is not None:
@@ -597,7 +879,14 @@ def create_app(
         # Before submitting: the batcher must not wait for this very request.
         state.arrival_done(request.scope)
         try:
-            future = worker.submit(task, texts, pooling, deadline=deadline)
+            future = worker.submit(
+                task,
+                texts,
+                pooling,
+                deadline=deadline,
+                max_tokens=settings.max_tokens_per_request,
+                max_tokens_per_text=settings.max_tokens_per_text,
+            )
         except QueueFullError as err:
             raise HTTPException(503, f"overloaded: {err}", headers={"Retry-After": "1"}) from err
         except WorkerClosedError as err:
@@ -613,6 +902,8 @@ def create_app(
             ) from err
         except NoVectorsError as err:
             raise HTTPException(422, str(err)) from err
+        except TooCostlyError as err:
+            raise HTTPException(413, str(err)) from err
         except InferenceError as err:
             # A model crashing on valid input is a server-side bug: a real 500.
             raise HTTPException(500, f"model {worker.info.name!r}: {err}") from err
@@ -626,7 +917,14 @@ def create_app(
     )
     async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
         start = time.perf_counter()
+        if cascade is not None and cascade.handles(body.model):
+            return JSONResponse(await cascade.classify(request, body.texts, run_job))
         worker = state.worker_for(body.model)
+        if not worker.info.labels:
+            # Served with vectors_only: it has no classifier to answer with.
+            raise HTTPException(
+                422, f"model {worker.info.name!r} has no text classifier (served for /encode only)"
+            )
         results = await run_job(request, worker, TASK_CLASSIFY, body.texts)
         return JSONResponse(
             {

@@ -14,19 +14,24 @@ per-batch overhead.
 
 import logging
 import queue
+import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from .inference import ModelInfo, NoVectorsError
 from .runner import (
+    COUNTED,
     EXPIRED,
     NO_VECTORS,
     OK,
+    PARTIAL,
     TASK_CLASSIFY,
     TASK_ENCODE,
+    TOO_COSTLY,
     BackendFailure,
     JobSpec,
     ProcessBackend,
@@ -42,6 +47,7 @@ __all__ = [
     "WorkerClosedError",
     "InferenceError",
     "JobExpiredError",
+    "TooCostlyError",
     "Job",
     "ModelWorker",
 ]
@@ -65,6 +71,10 @@ class JobExpiredError(TimeoutError):
     """The job passed its deadline before its results were ready."""
 
 
+class TooCostlyError(ValueError):
+    """The job's texts have more tokens than its budget (message says how many)."""
+
+
 @dataclass
 class Job:
     """One request's texts and what to do with them.
@@ -74,14 +84,29 @@ class Job:
     pooling (str): Pooling for "encode".
     deadline (float): ``time.monotonic()`` after which nobody wants the result.
     future (Future): Receives the list of per-text results.
+    max_tokens (int): Token budget of the whole job.
+    max_tokens_per_text (int): Token budget of one text.
     """
 
     task: str
     texts: List[str]
     pooling: str = "mean"
     deadline: float = float("inf")
+    max_tokens: int = sys.maxsize
+    max_tokens_per_text: int = sys.maxsize
     future: "Future[List[Any]]" = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
+    # Progress of a job that runs over several batches (see ModelWorker).
+    counted: int = 0
+    tokens: int = 0
+    done: int = 0
+    results: List[Any] = field(default_factory=list)
+    started: bool = False
+
+    @property
+    def remaining(self) -> int:
+        """Texts not yet run through the model."""
+        return len(self.texts) - self.done
 
 
 BatchObserver = Callable[[str, int, int, float], None]
@@ -101,6 +126,11 @@ class ModelWorker:
         ``batch_wait_s`` for more, as before.
     cancel_grace_s (float): A worker process that has not answered this long
         after the last deadline of its batch is killed and restarted.
+    max_rss_mb (float): A worker process above this resident memory after a
+        batch is replaced before the next one (0: never).
+    slice_tokens (int): Most tokens of one job run in one batch. A larger
+        job is counted, then run, over several batches, and other requests'
+        batches run in between: one large request cannot hold the model.
     """
 
     def __init__(
@@ -113,6 +143,8 @@ class ModelWorker:
         observer: Optional[BatchObserver] = None,
         arriving: Optional[Callable[[], int]] = None,
         cancel_grace_s: float = 2.0,
+        max_rss_mb: float = 0.0,
+        slice_tokens: int = sys.maxsize,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max_batch_size
@@ -121,6 +153,11 @@ class ModelWorker:
         self.observer = observer
         self.arriving = arriving
         self.cancel_grace_s = cancel_grace_s
+        self.max_rss_mb = max_rss_mb
+        self.slice_tokens = slice_tokens
+        # Jobs that go on in a later batch; new requests go first (fairness).
+        self._resume: Deque[Job] = deque()
+        self._stopping = False
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -154,6 +191,8 @@ class ModelWorker:
         texts: List[str],
         pooling: str = "mean",
         deadline: Optional[float] = None,
+        max_tokens: int = sys.maxsize,
+        max_tokens_per_text: int = sys.maxsize,
     ) -> "Future[List[Any]]":
         """Queue a job.
 
@@ -162,6 +201,8 @@ class ModelWorker:
         pooling (str): Pooling for "encode".
         deadline (Optional[float]): ``time.monotonic()`` after which the
             result is no longer wanted (work on it stops); None for none.
+        max_tokens (int): Token budget of the job (TooCostlyError above it).
+        max_tokens_per_text (int): Token budget of one text.
         RETURNS (Future[List[Any]]): Resolves to one result per text, in order.
         """
         job = Job(
@@ -169,6 +210,8 @@ class ModelWorker:
             texts=texts,
             pooling=pooling,
             deadline=float("inf") if deadline is None else deadline,
+            max_tokens=max_tokens,
+            max_tokens_per_text=max_tokens_per_text,
         )
         with self._lock:
             if self._closed:
@@ -208,16 +251,32 @@ class ModelWorker:
             return True
         return self._last_jobs > 1
 
-    def _next_batch(self) -> "tuple[List[Job], bool]":
-        """Collect one batch. Returns the jobs and whether to stop afterwards."""
+    def _first_job(self) -> Optional[Job]:
+        # A new request before a job that continues, so a small request waits
+        # for at most one slice of a large one.
         if self._carry is not None:
             first, self._carry = self._carry, None
-        else:
-            first = self._queue.get()
-            if first is None:
-                return [], True
+            return first
+        if not self._stopping:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                job = self._resume.popleft() if self._resume else self._queue.get()
+            if job is not None:
+                return job
+            # The close sentinel: finish the jobs that continue, then stop.
+            self._stopping = True
+        return self._resume.popleft() if self._resume else None
+
+    def _next_batch(self) -> "tuple[List[Job], bool]":
+        """Collect one batch. Returns the jobs and whether to stop afterwards."""
+        first = self._first_job()
+        if first is None:
+            return [], True
         batch = [first]
-        n_texts = len(first.texts)
+        n_texts = first.remaining
+        if self._stopping:
+            return batch, False
         deadline = time.perf_counter() + self.batch_wait_s
         while n_texts < self.max_batch_size:
             try:
@@ -234,13 +293,14 @@ class ModelWorker:
                 except queue.Empty:
                     break
             if job is None:
-                return batch, True
-            if n_texts + len(job.texts) > self.max_batch_size:
+                self._stopping = True
+                break
+            if n_texts + job.remaining > self.max_batch_size:
                 # Would overflow the batch: it leads the next one instead.
                 self._carry = job
                 break
             batch.append(job)
-            n_texts += len(job.texts)
+            n_texts += job.remaining
         return batch, False
 
     def _run(self) -> None:
@@ -252,9 +312,11 @@ class ModelWorker:
                     batch, stop = self._next_batch()
                     self._last_jobs = len(batch)
                     # Requests that gave up (timeout, client gone) are skipped.
-                    batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    batch = [job for job in batch if self._start(job)]
                     if batch:
                         self._process(batch)
+                        # Between batches: nothing is in flight in the worker now.
+                        self.backend.maintain(self.max_rss_mb)
                 except BaseException:  # noqa: BLE001 - the worker must never die
                     logger.exception("unexpected error in the %s worker", self.info.name)
                     # Nobody may wait forever on a job the error left unanswered.
@@ -265,6 +327,14 @@ class ModelWorker:
                             )
         finally:
             self.backend.close()
+
+    @staticmethod
+    def _start(job: Job) -> bool:
+        # A job that continues from an earlier batch is already running.
+        if job.started:
+            return True
+        job.started = job.future.set_running_or_notify_cancel()
+        return job.started
 
     def _process(self, batch: List[Job]) -> None:
         start = time.perf_counter()
@@ -278,9 +348,22 @@ class ModelWorker:
                 live.append(job)
         if not live:
             return
-        specs = [JobSpec(job.task, job.texts, job.pooling, job.deadline - now) for job in live]
+        specs = [
+            JobSpec(
+                job.task,
+                job.texts[job.done :],
+                job.pooling,
+                job.deadline - now,
+                job.max_tokens,
+                job.max_tokens_per_text,
+                counted=job.counted - job.done,
+                tokens=job.tokens,
+                slice_tokens=self.slice_tokens,
+            )
+            for job in live
+        ]
         kill_at = max(job.deadline for job in live) + self.cancel_grace_s
-        n_texts = sum(len(job.texts) for job in live)
+        n_texts = sum(job.remaining for job in live)
         try:
             outcomes = self.backend.run(specs, kill_at)
         except BackendFailure as err:
@@ -294,12 +377,25 @@ class ModelWorker:
             return
         for job, (kind, payload) in zip(live, outcomes):
             if kind == OK:
-                job.future.set_result(payload)
+                job.future.set_result(job.results + list(payload) if job.results else payload)
+            elif kind == COUNTED:
+                n_counted, n_tokens = payload
+                job.counted += n_counted
+                job.tokens += n_tokens
+                self._resume.append(job)
+            elif kind == PARTIAL:
+                values, n_done = payload
+                job.results.extend(values)
+                job.done += n_done
+                job.counted = max(job.counted, job.done)
+                self._resume.append(job)
             elif kind == EXPIRED:
                 self.expired_jobs += 1
                 job.future.set_exception(JobExpiredError("the request timed out"))
             elif kind == NO_VECTORS:
                 job.future.set_exception(NoVectorsError(payload))
+            elif kind == TOO_COSTLY:
+                job.future.set_exception(TooCostlyError(str(payload)))
             else:
                 job.future.set_exception(InferenceError(str(payload)))
         self._observe(live, n_texts, start)
@@ -340,5 +436,8 @@ class ModelWorker:
         return {
             "backend": self.backend.kind,
             "restarts": self.backend.restarts,
-            **self.backend.process,
+            "rss_replacements": self.backend.rss_replacements,
+            "max_rss_mb": self.max_rss_mb,
+            # Read now, not at load time: memory grows with what was served.
+            **self.backend.current(),
         }

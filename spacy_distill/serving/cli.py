@@ -17,7 +17,10 @@ import typer
 
 from ..cli_errors import DEBUG_HELP, fail
 from ..cli_errors import one_line_errors as _one_line_errors
-from .settings import TOKEN_ENV_VAR
+from .settings import TOKEN_ENV_VAR, ServeSettings
+
+# The one list of defaults is ServeSettings; new options take theirs from it.
+_DEFAULTS = ServeSettings()
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,6 +135,32 @@ def serve(
     keep_alive: float = typer.Option(
         5.0, "--keep-alive", min=0.001, help="Idle connections are closed after this long (s)."
     ),
+    max_tokens_per_request: int = typer.Option(
+        _DEFAULTS.max_tokens_per_request,
+        "--max-tokens-per-request",
+        min=1,
+        help="Most tokens per request, counted before the model runs (413 above).",
+    ),
+    max_tokens_per_text: int = typer.Option(
+        _DEFAULTS.max_tokens_per_text, "--max-tokens-per-text", min=1, help="Most tokens per text (413 above)."
+    ),
+    slice_tokens: int = typer.Option(
+        _DEFAULTS.slice_tokens,
+        "--slice-tokens",
+        min=1,
+        help="Most tokens of one request per model batch; larger requests interleave with others.",
+    ),
+    max_worker_rss_mb: float = typer.Option(
+        _DEFAULTS.max_worker_rss_mb,
+        "--max-worker-rss-mb",
+        min=0.0,
+        help="Replace a model's worker process above this resident memory (MB; 0: never).",
+    ),
+    vectors_only: bool = typer.Option(
+        _DEFAULTS.vectors_only,
+        "--vectors-only",
+        help="Allow pipelines without a text classifier (served for /encode only).",
+    ),
     inference: Inference = typer.Option(
         Inference.process,
         "--inference",
@@ -159,6 +188,24 @@ def serve(
         None, "--address", help="With --ray: the cluster address (e.g. 10.0.0.1:6379); default: start or join a local Ray."
     ),
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: number of replicas."),
+    cascade: Optional[str] = typer.Option(
+        None, "--cascade", help="Serve the first model -> this model (by name) as a cascade, the default model 'cascade' (docs/cascade.md)."
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after the temperature) is below this."
+    ),
+    defer_share: Optional[float] = typer.Option(
+        None, "--defer-share", min=0.0, max=1.0, help="Cascade: use the threshold chosen on dev for this share in --cascade-report."
+    ),
+    cascade_report: Optional[Path] = typer.Option(
+        None, "--cascade-report", help="Cascade: metrics/cascade.json (dev-chosen thresholds; without --threshold/--defer-share its default)."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", min=1e-6, help="Cascade: temperature of the student's probabilities (default: --calibration's, the report's, or 1)."
+    ),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
+    ),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Serve spaCy text classifiers over HTTP (classify, encode, status, metrics, demo page)."""
@@ -183,6 +230,11 @@ def _serve(
     header_timeout: float,
     body_timeout: float,
     keep_alive: float,
+    max_tokens_per_request: int,
+    max_tokens_per_text: int,
+    slice_tokens: int,
+    max_worker_rss_mb: float,
+    vectors_only: bool,
     inference: Inference,
     token: Optional[str],
     cors_origin: Optional[List[str]],
@@ -192,6 +244,12 @@ def _serve(
     address: Optional[str],
     replicas: int,
     debug: bool,
+    cascade: Optional[str] = None,
+    threshold: Optional[float] = None,
+    defer_share: Optional[float] = None,
+    cascade_report: Optional[Path] = None,
+    temperature: Optional[float] = None,
+    calibration: Optional[Path] = None,
 ) -> None:
     import signal
 
@@ -227,6 +285,11 @@ def _serve(
             header_timeout_s=header_timeout,
             body_timeout_s=body_timeout,
             keep_alive_s=keep_alive,
+            max_tokens_per_request=max_tokens_per_request,
+            max_tokens_per_text=max_tokens_per_text,
+            slice_tokens=slice_tokens,
+            max_worker_rss_mb=max_worker_rss_mb,
+            vectors_only=vectors_only,
             inference=Inference(inference).value,
             token=token,
             cors_origins=list(cors_origin or []),
@@ -234,6 +297,11 @@ def _serve(
             # instead of leaving a server that never gets ready.
             load_in_background=False,
         )
+        if cascade is not None:
+            from .cascade import cli_cascade
+
+            settings.cascade = cli_cascade(model_map, cascade, threshold=threshold, defer_share=defer_share,
+                                           report=cascade_report, temperature=temperature, calibration=calibration)
     except ValueError as err:
         fail(str(err))
     if not _is_loopback(host) and settings.token is None:
@@ -338,13 +406,22 @@ def classify_file(
         False, "--overwrite", help="Replace the output file if it exists."
     ),
     cascade: Optional[str] = typer.Option(
-        None, "--cascade", help="Teacher pipeline: texts the model is unsure of (top-class probability < --threshold) go to it; each result says which model answered."
+        None, "--cascade", help="Teacher pipeline: texts the model is unsure of go to it; each result says which model answered (docs/cascade.md)."
     ),
-    threshold: float = typer.Option(
-        0.9, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after --temperature) is below this (metrics/cascade.md has the dev-chosen values)."
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after the temperature) is below this."
     ),
-    temperature: float = typer.Option(
-        1.0, "--temperature", min=1e-6, help="Cascade: temperature applied to the model's probabilities before the decision."
+    defer_share: Optional[float] = typer.Option(
+        None, "--defer-share", min=0.0, max=1.0, help="Cascade: use the threshold chosen on dev for this share in --cascade-report."
+    ),
+    cascade_report: Optional[Path] = typer.Option(
+        None, "--cascade-report", help="Cascade: metrics/cascade.json (dev-chosen thresholds; without --threshold/--defer-share its default)."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", min=1e-6, help="Cascade: temperature of the model's probabilities (default: --calibration's, the report's, or 1)."
+    ),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
     ),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
@@ -362,8 +439,11 @@ def _classify_file(
     overwrite: bool,
     debug: bool,
     cascade: Optional[str] = None,
-    threshold: float = 0.9,
-    temperature: float = 1.0,
+    threshold: Optional[float] = None,
+    defer_share: Optional[float] = None,
+    cascade_report: Optional[Path] = None,
+    temperature: Optional[float] = None,
+    calibration: Optional[Path] = None,
 ) -> None:
     from ..io import atomic_path, check_output, count_records, read_records
 
@@ -376,12 +456,12 @@ def _classify_file(
         nlp = spacy.load(model)
     except (OSError, ValueError, ImportError) as err:
         fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}")
-    teacher = None
+    scorer = None
     if cascade is not None:
-        try:
-            teacher = spacy.load(cascade)
-        except (OSError, ValueError, ImportError) as err:
-            fail(f"cannot load cascade teacher {cascade!r}: {str(err).strip().splitlines()[0]}")
+        from .cascade import offline_cascade
+
+        scorer = offline_cascade(nlp, cascade, batch_size, threshold=threshold, defer_share=defer_share,
+                                 report=cascade_report, temperature=temperature, calibration=calibration)
 
     def all_records() -> Iterator[Any]:
         if first is not None:
@@ -389,10 +469,7 @@ def _classify_file(
             yield from records
 
     with atomic_path(output) as tmp:
-        n = _write_scores(
-            nlp, all_records(), tmp, batch_size, progress, count_records(input_path),
-            teacher=teacher, threshold=threshold, temperature=temperature,
-        )
+        n = _write_scores(nlp, all_records(), tmp, batch_size, progress, count_records(input_path), scorer=scorer)
     typer.echo(f"wrote {n} results to {output}", err=True)
 
 
@@ -404,14 +481,11 @@ def _write_scores(
     progress: bool,
     total: Optional[int] = None,
     *,
-    teacher: Any = None,
-    threshold: float = 0.9,
-    temperature: float = 1.0,
+    scorer: Optional[Callable[[List[str]], List[Dict[str, Any]]]] = None,
 ) -> int:
-    """Score records into ``tmp`` (with ``teacher``: as a cascade); RETURNS (int): how many."""
+    """Score records into ``tmp`` (with ``scorer``, e.g. a cascade: its results); RETURNS (int): how many."""
     from spacy.util import minibatch
 
-    from ..cascade import STUDENT, TEACHER, confidence, defer
     from ..io import record_to_dict
     from ..progress import progress_bar
     from .inference import classify_result, empty_classify_result, process_texts
@@ -421,21 +495,11 @@ def _write_scores(
     bar = progress_bar(total, "classify", unit="text", enabled=progress)
     with tmp.open("w", encoding="utf-8") as out:
         for chunk in minibatch(records, batch_size):
-            docs = process_texts(nlp, [r.text for r in chunk], batch_size)
-            results = [classify_result(doc) if doc is not None else dict(empty) for doc in docs]
-            if teacher is not None:
-                labels = sorted(next((r["cats"] for r in results if r.get("cats")), {}))
-                conf = (
-                    confidence([[r["cats"].get(k, 0.0) for k in labels] for r in results], temperature)
-                    if labels else [0.0] * len(results)
-                )
-                deferred = [i for i, d in enumerate(defer(conf, threshold)) if d and docs[i] is not None]
-                teacher_docs = process_texts(teacher, [chunk[i].text for i in deferred], batch_size)
-                for i, result in enumerate(results):
-                    result["model"] = STUDENT
-                    result["confidence"] = float(conf[i])
-                for i, doc in zip(deferred, teacher_docs):
-                    results[i] = {**classify_result(doc), "model": TEACHER, "confidence": float(conf[i])}
+            if scorer is not None:
+                results = scorer([r.text for r in chunk])
+            else:
+                docs = process_texts(nlp, [r.text for r in chunk], batch_size)
+                results = [classify_result(doc) if doc is not None else dict(empty) for doc in docs]
             for record, result in zip(chunk, results):
                 out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
             n += len(chunk)

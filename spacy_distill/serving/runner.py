@@ -54,6 +54,15 @@ OK = "ok"
 EXPIRED = "expired"
 NO_VECTORS = "no_vectors"
 FAILED = "failed"
+# Over the request's token budget (payload: the message naming limit and cost).
+TOO_COSTLY = "too_costly"
+# Not finished in this batch, to be sent again with the rest (fair scheduling):
+# COUNTED: payload (texts counted, their tokens); PARTIAL: (results, texts done).
+COUNTED = "counted"
+PARTIAL = "partial"
+# Characters a job may tokenize for its budget count in one batch before it
+# yields to other requests (bounded tokenizer: a few ms).
+COUNT_CHARS_PER_BATCH = 5_000
 Outcome = Tuple[str, Any]
 
 # Most tokens in one nlp.pipe minibatch (see _minibatches): about 50 ms of the
@@ -71,12 +80,25 @@ class JobSpec:
     texts (List[str]): The texts.
     pooling (str): Pooling for "encode".
     budget_s (float): Seconds left before the request gives up.
+    max_tokens (int): Most tokens of all its texts together (after the
+        bounded tokenizer); more and it is refused before the model runs.
+    max_tokens_per_text (int): Most tokens of one text.
+    counted (int): How many of ``texts`` (from the start) were already
+        counted against the budget in earlier batches.
+    tokens (int): Their tokens.
+    slice_tokens (int): Most tokens run through the model for this job in
+        this batch (at least one text): the rest comes back as PARTIAL.
     """
 
     task: str
     texts: List[str]
     pooling: str
     budget_s: float
+    max_tokens: int = sys.maxsize
+    max_tokens_per_text: int = sys.maxsize
+    counted: int = 0
+    tokens: int = 0
+    slice_tokens: int = sys.maxsize
 
 
 class ModelLoadError(RuntimeError):
@@ -93,6 +115,43 @@ class BackendFailure(RuntimeError):
     def __init__(self, message: str, expired: bool = False) -> None:
         super().__init__(message)
         self.expired = expired
+
+
+def describe_exit(code: Optional[int]) -> str:
+    """How a child process ended, in words.
+
+    code (Optional[int]): ``Popen.returncode`` (negative: the signal that killed it).
+    RETURNS (str): "exit code N", "killed by signal N (NAME)" or "still running".
+    """
+    if code is None:
+        return "still running"
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"killed by signal {-code}"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
+def rss_mb(pid: Optional[int]) -> Optional[float]:
+    """Current resident memory of a process, in MB (None where unknown).
+
+    pid (Optional[int]): The process.
+    RETURNS (Optional[float]): VmRSS from ``/proc``, rounded to 0.1 MB.
+    """
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _minibatches(
@@ -120,6 +179,72 @@ def _minibatches(
     return batches
 
 
+def _tokenize_job(
+    nlp: "Language", info: "ModelInfo", job: JobSpec, deadline: float
+) -> Tuple[Optional[Outcome], List[Any]]:
+    """Count a job's tokens against its budget, then tokenize this batch's slice.
+
+    The model costs time per token (tokenizing is bounded, the model is not),
+    so every text is counted before any of the job's texts reaches the model,
+    ``COUNT_CHARS_PER_BATCH`` characters per batch; then at most
+    ``slice_tokens`` tokens run per batch. Between batches other requests
+    are served.
+
+    RETURNS (Tuple[Optional[Outcome], List[Any]]): An outcome if the job ends
+        or yields here (None: run the docs), and the docs to run (None for a
+        text without tokens).
+    """
+    from .textguard import bound_tokenizer_cost
+
+    made: Dict[int, Any] = {}
+
+    def make(k: int) -> Any:
+        if k not in made:
+            made[k] = nlp.make_doc(bound_tokenizer_cost(job.texts[k]))
+        return made[k]
+
+    counted, n_tokens, chars = job.counted, job.tokens, 0
+    try:
+        while counted < len(job.texts):
+            if chars >= COUNT_CHARS_PER_BATCH:
+                return (COUNTED, (counted - job.counted, n_tokens - job.tokens)), []
+            if time.monotonic() > deadline:
+                return (EXPIRED, None), []
+            doc = make(counted)
+            n_tokens += len(doc)
+            if len(doc) > job.max_tokens_per_text:
+                # Counting starts before any text runs, so ``counted`` is the
+                # index in the request.
+                message = (
+                    f"texts[{counted}] has {len(doc)} tokens > max_tokens_per_text="
+                    f"{job.max_tokens_per_text}"
+                )
+                return (TOO_COSTLY, message), []
+            if n_tokens > job.max_tokens:
+                # Stop counting here: the rest need not be tokenized to refuse it.
+                message = (
+                    f"the request has at least {n_tokens} tokens (counted up to "
+                    f"texts[{counted}]) > max_tokens_per_request={job.max_tokens}"
+                )
+                return (TOO_COSTLY, message), []
+            chars += len(job.texts[counted])
+            counted += 1
+        docs: List[Any] = []
+        ran = 0
+        for k in range(len(job.texts)):
+            if time.monotonic() > deadline:
+                return (EXPIRED, None), []
+            doc = make(k)
+            if docs and ran + len(doc) > job.slice_tokens:
+                break
+            ran += len(doc)
+            docs.append(doc if len(doc) > 0 else None)
+        return None, docs
+    except Exception:  # noqa: BLE001 - reported to that request only
+        logger.exception("model %s: the tokenizer failed on a text", info.name)
+        return (FAILED, "the tokenizer raised an error on these texts"), []
+
+
 def run_jobs(
     nlp: "Language", info: "ModelInfo", jobs: Sequence[JobSpec], batch_size: int
 ) -> List[Outcome]:
@@ -138,12 +263,14 @@ def run_jobs(
     jobs (Sequence[JobSpec]): The jobs.
     batch_size (int): Docs per ``nlp.pipe`` minibatch.
     RETURNS (List[Outcome]): Per job, ``("ok", results)``, ``("expired",
-        None)``, ``("no_vectors", message)`` or ``("failed", message)``.
+        None)``, ``("no_vectors", message)``, ``("failed", message)``,
+        ``("too_costly", message)``, or, when the job continues in a later
+        batch, ``("counted", (texts, tokens))`` or ``("partial", (results,
+        texts))``.
     """
     import copy
 
     from .inference import classify_result, encode_doc
-    from .textguard import bound_tokenizer_cost
 
     start = time.monotonic()
     deadlines = [start + job.budget_s for job in jobs]
@@ -157,17 +284,7 @@ def run_jobs(
                 "no transformer output and no word vectors",
             )
             continue
-        for text in job.texts:
-            if time.monotonic() > deadlines[i]:
-                outcomes[i] = (EXPIRED, None)
-                break
-            try:
-                doc = nlp.make_doc(bound_tokenizer_cost(text))
-            except Exception:  # noqa: BLE001 - reported to that request only
-                logger.exception("model %s: the tokenizer failed on a text", info.name)
-                outcomes[i] = (FAILED, "the tokenizer raised an error on these texts")
-                break
-            docs[i].append(doc if len(doc) > 0 else None)
+        outcomes[i], docs[i] = _tokenize_job(nlp, info, job, deadlines[i])
     todo = [(i, k) for i in range(len(jobs)) if outcomes[i] is None for k, d in enumerate(docs[i])]
     todo = [(i, k) for i, k in todo if docs[i][k] is not None]
     for planned in _minibatches(todo, docs, batch_size):
@@ -220,7 +337,8 @@ def run_jobs(
             logger.exception("model %s: could not build the results", info.name)
             results.append((FAILED, f"{type(err).__name__}: {err}"))
             continue
-        results.append((OK, values))
+        # Texts beyond this batch's slice come back in a later batch.
+        results.append((OK, values) if len(docs[i]) == len(job.texts) else (PARTIAL, (values, len(docs[i]))))
     return results
 
 
@@ -231,17 +349,9 @@ def process_report(lean: bool) -> Dict[str, Any]:
     RETURNS (Dict[str, Any]): pid, resident memory (MB), whether torch was
         blocked, and which heavy modules are loaded.
     """
-    rss_mb: Optional[float] = None
-    try:
-        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss_mb = round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
     return {
         "pid": os.getpid(),
-        "rss_mb": rss_mb,
+        "rss_mb": rss_mb(os.getpid()),
         "torch_blocked": lean,
         "heavy_modules": [name for name in HEAVY_MODULES if sys.modules.get(name) is not None],
     }
@@ -373,6 +483,23 @@ class ThreadBackend:
         """
         return run_jobs(self.nlp, self.info, jobs, self.batch_size)
 
+    rss_replacements = 0
+
+    def current(self) -> Dict[str, Any]:
+        """``process`` with the current resident memory.
+
+        RETURNS (Dict[str, Any]): Process facts for /status.
+        """
+        return {**self.process, "rss_mb": rss_mb(os.getpid())}
+
+    def maintain(self, max_rss_mb: float) -> bool:
+        """Nothing to replace: the pipeline lives in the server process.
+
+        max_rss_mb (float): Unused.
+        RETURNS (bool): False.
+        """
+        return False
+
     def close(self, timeout: float = 5.0) -> None:
         """Nothing to stop."""
 
@@ -397,6 +524,8 @@ class ProcessBackend:
         self.lean = lean
         self.restarts = 0
         self.kills = 0
+        # Replaced because their memory passed max_worker_rss_mb (also in restarts).
+        self.rss_replacements = 0
         self.process: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._conn: Optional[Connection] = None
@@ -434,7 +563,7 @@ class ProcessBackend:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
-                message = ("load_error", f"the worker process exited with code {proc.wait()}", lean)
+                message = ("load_error", f"the worker process ended: {describe_exit(proc.wait())}", lean)
             if message[0] == "ready":
                 self._proc, self._conn = proc, conn
                 self.process = dict(message[2])
@@ -496,9 +625,9 @@ class ProcessBackend:
         if self._proc is not None and self._proc.poll() is not None:
             # Died while idle (OOM killer, a signal): start a new one before sending.
             logger.error(
-                "model %s: the worker process exited (code %s); restarting it",
+                "model %s: the worker process ended (%s); restarting it",
                 self.name,
-                self._proc.returncode,
+                describe_exit(self._proc.returncode),
             )
             self._restart()
         if self._conn is None or self._broken is not None:
@@ -524,10 +653,48 @@ class ProcessBackend:
                 if self._proc is not None and self._proc.poll() is not None:
                     raise EOFError
         except (EOFError, OSError) as err:
-            code = self._proc.poll() if self._proc is not None else None
-            logger.error("model %s: the worker process died (exit code %s)", self.name, code)
+            code: Optional[int] = None
+            if self._proc is not None:
+                # The socket closes a moment before the process is reaped:
+                # wait for it, or its exit status is not known yet ("None").
+                try:
+                    code = self._proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    code = None
+            how = describe_exit(code)
+            logger.error("model %s: the worker process died (%s)", self.name, how)
             self._restart()
-            raise BackendFailure(f"the model's worker process died (exit code {code})") from err
+            raise BackendFailure(f"the model's worker process died ({how})") from err
+
+    def current(self) -> Dict[str, Any]:
+        """``process`` with the worker's current resident memory.
+
+        RETURNS (Dict[str, Any]): Process facts for /status.
+        """
+        report = dict(self.process)
+        report["rss_mb"] = rss_mb(report.get("pid"))
+        return report
+
+    def maintain(self, max_rss_mb: float) -> bool:
+        """Replace the worker if its memory passed the limit (between batches).
+
+        max_rss_mb (float): The limit in MB; 0 for none.
+        RETURNS (bool): Whether the worker was replaced.
+        """
+        if max_rss_mb <= 0 or self._proc is None:
+            return False
+        current = rss_mb(self._proc.pid)
+        if current is None or current <= max_rss_mb:
+            return False
+        logger.warning(
+            "model %s: the worker process uses %.1f MB > max_worker_rss_mb=%s; replacing it",
+            self.name,
+            current,
+            max_rss_mb,
+        )
+        self.rss_replacements += 1
+        self._restart()
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child (it finishes the batch it is on first).

@@ -40,6 +40,16 @@ class CatsResult(BaseModel):
     cats: Dict[str, float] = Field(..., description="Score per label, as set in doc.cats.")
     label: Optional[str] = Field(None, description="Highest-scoring label (null if no categories).")
     score: Optional[float] = Field(None, description="Score of that label.")
+    # Only in the answers of a student→teacher cascade (serving/cascade.py).
+    model: Optional[Literal["student", "teacher"]] = Field(
+        None, description="Cascade only: which model answered this text."
+    )
+    confidence: Optional[float] = Field(
+        None, description="Cascade only: the student's top-class probability that decided (after its temperature)."
+    )
+    teacher_failed: Optional[bool] = Field(
+        None, description="Cascade only: the teacher failed on this deferred text, so the student answered."
+    )
 
 
 class ClassifyResponse(BaseModel):

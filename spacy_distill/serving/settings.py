@@ -52,6 +52,19 @@ class ServeSettings:
     body_timeout_s (float): Longest to receive a request body; 408 after.
     keep_alive_s (float): An idle connection (a new one, or between
         requests) is closed after this long.
+    max_tokens_per_request (int): Most tokens in one request, counted by the
+        model's (bounded) tokenizer before the model runs; more get a 413.
+    max_tokens_per_text (int): Most tokens in one text; more get a 413.
+    slice_tokens (int): Most tokens of one request run through the model in
+        one batch; a larger request runs over several batches, with other
+        requests served in between.
+    max_worker_rss_mb (float): A model's worker process whose resident memory
+        is above this after a batch is replaced (0: never).
+    vectors_only (bool): Serve pipelines without a text classifier (for
+        ``/encode``); without it such a pipeline stops the start.
+    cascade (Optional[Dict[str, Any]]): A student→teacher cascade served as
+        one more model (``spacy_distill.serving.cascade``): ``{"student",
+        "teacher", "threshold", "temperature", "name"}``; None for none.
     """
 
     host: str = "127.0.0.1"
@@ -75,6 +88,13 @@ class ServeSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_s: float = 5.0
+    max_tokens_per_request: int = 32_768
+    max_tokens_per_text: int = 4_096
+    slice_tokens: int = 512
+    max_worker_rss_mb: float = 2048.0
+    vectors_only: bool = False
+    # The student→teacher cascade (serving/cascade.py): a JSON object, None for none.
+    cascade: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -87,6 +107,9 @@ class ServeSettings:
             "max_connections",
             "max_header_bytes",
             "max_headers",
+            "max_tokens_per_request",
+            "max_tokens_per_text",
+            "slice_tokens",
         )
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -98,6 +121,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_worker_rss_mb < 0:
+            raise ValueError(f"max_worker_rss_mb must be >= 0, got {self.max_worker_rss_mb}")
         if self.cancel_grace_s < 0:
             raise ValueError(f"cancel_grace_s must be >= 0, got {self.cancel_grace_s}")
         if self.inference not in ("process", "thread"):

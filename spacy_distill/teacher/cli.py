@@ -17,6 +17,7 @@ from ..io import (
     UsageError,
     atomic_path,
     check_output,
+    check_records,
     count_records,
     read_records,
 )
@@ -80,6 +81,9 @@ def _label(
     inputs = [input_path, Path(teacher)] + ([calibration_path] if calibration_path else [])
     check_output(output_path, inputs=inputs, overwrite=overwrite, is_dir=output_path.suffix != ".spacy")
     calibration = read_calibration(calibration_path) if calibration_path is not None else None
+    # One cheap pass first (the teacher reads ~15 texts/s), so that a corrupt or
+    # over-long record is reported at its file:line before the teacher loads.
+    check_records(input_path)
     records: Iterator[Record] = iter(read_records(input_path))
     total = count_records(input_path)
     if limit:
@@ -145,17 +149,30 @@ def _calibrate(
 
     from ..io import write_json
     from .calibrate import calibrate_teacher
+    from .label import find_textcat
 
     _check_pipeline(teacher)
     if not gold_path.exists():
         raise InputError(gold_path, None, "no such file or directory")
     check_output(output_path, inputs=[gold_path, Path(teacher)], overwrite=overwrite)
-    nlp = spacy.load(teacher)
+    # Read (and check) the gold before the teacher loads.
     records = read_records(gold_path)
     if limit:
         records = itertools.islice(records, limit)
+    gold = list(records)
+    nlp = spacy.load(teacher)
+    textcat, _ = find_textcat(nlp, component)
+    predicted = sorted(str(label) for label in getattr(nlp.get_pipe(textcat), "labels", ()) or ())
     docs = []
-    for rec in records:
+    for rec in gold:
+        # Labels the teacher does not predict (or a different label set) would fit
+        # a meaningless scale: refuse them before scoring, at their file:line.
+        if predicted and rec.cats and sorted(rec.cats) != predicted:
+            raise InputError(
+                rec.path or gold_path, rec.line,
+                f"gold cats have the labels {sorted(rec.cats)}, but {textcat!r} of {teacher} predicts {predicted}",
+                doc=rec.doc,
+            )
         doc = nlp.make_doc(rec.text)
         doc.cats = rec.cats
         docs.append(doc)
