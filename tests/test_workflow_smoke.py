@@ -48,8 +48,13 @@ def test_results_cover_every_system_and_language(smoke_project):
         c = r["calibration"]
         assert 0 <= c["ece_before"] <= 100 and 0 <= c["ece_after"] <= 100, name
     assert results["student_vs_teacher"]["size_fraction"] < 1
-    # Accuracy, speed and calibration tables each have a student row.
-    assert (smoke_project / "metrics" / "results.md").read_text(encoding="utf8").count("| student |") == 3
+    # Out of domain (the two ../shared/data/ood sets, 20 docs each at smoke size): every system scored.
+    assert set(results["ood"]) == {"en_uci_yelp", "fr_allocine_movies"}
+    for set_name, info in results["ood"].items():
+        assert info["n_docs"] == 20 and set(info["systems"]) == set(SYSTEMS), set_name
+    assert "ood_macro_f_diff" in results["student_vs_teacher"]
+    # Accuracy, speed, out-of-domain and calibration tables each have a student row.
+    assert (smoke_project / "metrics" / "results.md").read_text(encoding="utf8").count("| student |") == 4
     for png in ("accuracy_vs_speed.png", "reliability.png"):
         assert (smoke_project / "metrics" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -63,9 +68,11 @@ def test_corpus_sizes_and_taggers(smoke_project):
     assert set(taggers) == set(LANGS)
     assert all(0 <= t["seg_f"] <= 100 and 0 <= t["upos_acc"] <= 100 for t in taggers.values())
     labelled = smoke_project / "corpus" / "labelled"
-    assert all(list((labelled / part).glob("*.spacy")) for part in ("gold", "augmented", "transfer"))
+    assert all(list((labelled / part).glob("*.spacy")) for part in ("gold", "augmented", "transfer", "ud"))
     stats = json.loads((smoke_project / "metrics" / "label_stats.json").read_text(encoding="utf8"))
-    assert set(stats) == {"gold", "augmented", "transfer"}
+    assert set(stats) == {"gold", "augmented", "transfer", "ud"}
+    # configs/smoke.yml: 10 UD sentences per language.
+    assert stats["ud"]["all"]["n_docs"] == 10 * len(LANGS)
     assert stats["gold"]["all"]["n_docs"] == 40 * len(LANGS) and stats["transfer"]["all"]["n_docs"] == 10 * len(LANGS)
     assert set(stats["gold"]) == set(LANGS) | {"all"}
     gold = stats["gold"]["all"]
@@ -108,11 +115,14 @@ def test_ablations(smoke_project):
     student = json.loads((smoke_project / "metrics" / "ablation.json").read_text(encoding="utf8"))
     assert [v["name"] for v in student["variants"]] == list(experiments["ablation"]["variants"])
     by_name = {v["name"]: v for v in student["variants"]}
-    assert by_name["transfer_0"]["train_docs"]["transfer"] == 0
+    # Every variant reads corpus/labelled; caps per part come from the reader (TeacherLabelled.v2).
+    assert "transfer" not in by_name["transfer_0"]["train_docs"]
     assert by_name["candidate"]["train_docs"]["transfer"] == 10 * len(LANGS)
-    assert "augmented" not in by_name["no_augmented"]["train_docs"]
-    # The char n-gram table makes the candidate larger than the variant without it.
-    assert by_name["candidate"]["size_bytes"] > by_name["no_char_ngrams"]["size_bytes"]
+    assert by_name["candidate"]["train_docs"]["ud"] == 10 * len(LANGS)
+    assert "ud" not in by_name["no_ud"]["train_docs"]
+    assert by_name["transfer_1250"]["train_docs"]["transfer"] == 10 * len(LANGS)
+    # A wider embedding makes a larger model.
+    assert by_name["width_32"]["size_bytes"] > by_name["candidate"]["size_bytes"]
     teacher = json.loads((smoke_project / "metrics" / "teacher_ablation.json").read_text(encoding="utf8"))
     assert [v["name"] for v in teacher["variants"]] == list(experiments["teacher_ablation"]["variants"])
     for rows in (student["variants"], teacher["variants"]):
