@@ -82,6 +82,21 @@ def parse_models(specs: List[str]) -> Dict[str, str]:
         models[name] = source
     return models
 
+# The cascade options that `serve` and `classify` share (one definition, one help text).
+THRESHOLD_OPTION = typer.Option(
+    None, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after the temperature) is below this."
+)
+DEFER_SHARE_OPTION = typer.Option(
+    None, "--defer-share", min=0.0, max=1.0, help="Cascade: use the threshold chosen on dev for this share in --cascade-report."
+)
+CASCADE_REPORT_OPTION = typer.Option(
+    None, "--cascade-report", help="Cascade: metrics/cascade.json (dev-chosen thresholds; without --threshold/--defer-share its default)."
+)
+CALIBRATION_OPTION = typer.Option(
+    None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
+)
+
+
 
 def serve(
     models: List[str] = typer.Argument(
@@ -191,21 +206,13 @@ def serve(
     cascade: Optional[str] = typer.Option(
         None, "--cascade", help="Serve the first model -> this model (by name) as a cascade, the default model 'cascade' (docs/cascade.md)."
     ),
-    threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after the temperature) is below this."
-    ),
-    defer_share: Optional[float] = typer.Option(
-        None, "--defer-share", min=0.0, max=1.0, help="Cascade: use the threshold chosen on dev for this share in --cascade-report."
-    ),
-    cascade_report: Optional[Path] = typer.Option(
-        None, "--cascade-report", help="Cascade: metrics/cascade.json (dev-chosen thresholds; without --threshold/--defer-share its default)."
-    ),
+    threshold: Optional[float] = THRESHOLD_OPTION,
+    defer_share: Optional[float] = DEFER_SHARE_OPTION,
+    cascade_report: Optional[Path] = CASCADE_REPORT_OPTION,
     temperature: Optional[float] = typer.Option(
         None, "--temperature", min=1e-6, help="Cascade: temperature of the student's probabilities (default: --calibration's, the report's, or 1)."
     ),
-    calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
-    ),
+    calibration: Optional[Path] = CALIBRATION_OPTION,
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Serve spaCy text classifiers over HTTP (classify, encode, status, metrics, demo page)."""
@@ -408,21 +415,13 @@ def classify_file(
     cascade: Optional[str] = typer.Option(
         None, "--cascade", help="Teacher pipeline: texts the model is unsure of go to it; each result says which model answered (docs/cascade.md)."
     ),
-    threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, help="Cascade: defer texts whose top-class probability (after the temperature) is below this."
-    ),
-    defer_share: Optional[float] = typer.Option(
-        None, "--defer-share", min=0.0, max=1.0, help="Cascade: use the threshold chosen on dev for this share in --cascade-report."
-    ),
-    cascade_report: Optional[Path] = typer.Option(
-        None, "--cascade-report", help="Cascade: metrics/cascade.json (dev-chosen thresholds; without --threshold/--defer-share its default)."
-    ),
+    threshold: Optional[float] = THRESHOLD_OPTION,
+    defer_share: Optional[float] = DEFER_SHARE_OPTION,
+    cascade_report: Optional[Path] = CASCADE_REPORT_OPTION,
     temperature: Optional[float] = typer.Option(
         None, "--temperature", min=1e-6, help="Cascade: temperature of the model's probabilities (default: --calibration's, the report's, or 1)."
     ),
-    calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
-    ),
+    calibration: Optional[Path] = CALIBRATION_OPTION,
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Score a file offline with a pipeline (or a student→teacher cascade); write one JSON object per text."""
