@@ -12,7 +12,7 @@ One step per call (the `compress` workflow runs them in order)::
 * ``prune-vocab``: OUTPUT/hf/vocab (the HF folder with the corpus's pieces) and
   OUTPUT/vocab, with the teacher's head (same vectors on every corpus text).
 * ``prune-layers``: for each ``prune_layers.candidates`` k, smallest first, the bottom
-  k layers with a re-trained head (``train_teacher.fit_teacher``); OUTPUT/layers is the
+  k layers with a re-trained head (``spacy_distill.teacher.train.fit_teacher``); OUTPUT/layers is the
   first (smallest) k within ``select.max_dev_loss`` (larger ones are not tried).
 * ``combine``: ``combine.candidates`` in order; OUTPUT/combined is the first within
   ``select.max_dev_loss`` (needs prune-vocab and prune-layers).
@@ -39,7 +39,6 @@ from evaluate_systems import score
 from spacy.cli._util import parse_config_overrides
 from spacy.language import Language
 from spacy.util import load_config
-from train_teacher import fit_teacher
 
 from spacy_distill.io import atomic_path, read_records
 from spacy_distill.teacher.compress import (
@@ -49,6 +48,7 @@ from spacy_distill.teacher.compress import (
     rebuild_with_encoder,
     save_hf_folder,
 )
+from spacy_distill.teacher.train import fit_teacher
 
 STEPS = ("quantize", "prune-vocab", "prune-layers", "combine")
 #: Quantization backend → its config section, registered layer and output folder.

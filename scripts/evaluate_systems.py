@@ -40,6 +40,7 @@ from spacy.cli._util import parse_config_overrides
 from spacy.language import Language
 from spacy.tokens import DocBin
 
+from spacy_distill.evaluation.scoring import macro_f, score  # noqa: F401 (re-exported for the scripts)
 from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration, reliability
 from spacy_distill.progress import progress_bar
 from spacy_distill.teacher.label import find_textcat, probs_to_logits
@@ -54,46 +55,6 @@ def load_system(path: Path) -> Any:
     if (path / "model.json").exists():
         return load_rule_classifier(path)
     return spacy.load(path)
-
-
-def macro_f(gold: List[str], pred: List[str], labels: List[str]) -> float:
-    """Macro-averaged F1 over labels, in percent.
-
-    gold (List[str]): Gold labels.
-    pred (List[str]): Predicted labels.
-    labels (List[str]): All labels.
-    RETURNS (float): Macro-F.
-    """
-    fs = []
-    for label in labels:
-        tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
-        fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
-        fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
-        fs.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return 100 * sum(fs) / len(fs)
-
-
-def score(gold: List[Tuple[str, str]], pred: List[str], langs: List[str], labels: List[str]) -> Dict[str, Any]:
-    """Accuracy and macro-F per language and their mean.
-
-    gold (List[Tuple[str, str]]): (lang, label) per test doc.
-    pred (List[str]): Predicted label per doc.
-    langs (List[str]): Languages to report.
-    labels (List[str]): All labels.
-    RETURNS (Dict[str, Any]): {"per_lang": {lang: {...}}, "mean": {...}}.
-    """
-    per_lang: Dict[str, Dict[str, float]] = {}
-    for lang in langs:
-        idx = [i for i, (lg, _) in enumerate(gold) if lg == lang]
-        g = [gold[i][1] for i in idx]
-        p = [pred[i] for i in idx]
-        per_lang[lang] = {
-            "n": len(idx),
-            "acc": 100 * sum(a == b for a, b in zip(g, p)) / len(idx) if idx else 0.0,
-            "macro_f": macro_f(g, p, labels) if idx else 0.0,
-        }
-    mean = {k: sum(v[k] for v in per_lang.values()) / len(per_lang) for k in ("acc", "macro_f")}
-    return {"per_lang": per_lang, "mean": mean}
 
 
 def _timed_passes(run_once: Callable[[], List[Any]], min_seconds: float) -> Dict[str, float]:

@@ -14,7 +14,8 @@ from common import load_section, run, split_langs, write_json, write_text
 from evaluate_systems import read_test, score
 from spacy.cli._util import parse_config_overrides
 from spacy.util import load_config
-from train_teacher import encode, fit_teacher
+
+from spacy_distill.teacher.train import encode, fit_teacher
 
 
 def main(

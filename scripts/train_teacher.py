@@ -10,148 +10,16 @@ runs once and the head's epochs take milliseconds.
         --paths.train corpus/train.spacy --paths.dev corpus/dev_teacher.spacy
 """
 
-import contextlib
-import hashlib
-import json
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Optional
 
-import numpy
-import spacy
 import typer
 from common import run, write_json
-from evaluate_systems import score
 from spacy.cli._util import parse_config_overrides
-from spacy.language import Language
-from spacy.tokens import Doc, DocBin
-from spacy.training import Example
-from spacy.util import fix_random_seed, load_config, load_model_from_config, registry
-from thinc.api import Config, Model
+from spacy.util import load_config
 
 from spacy_distill.io import atomic_path
-from spacy_distill.progress import progress_bar
-
-
-def read_gold(nlp: spacy.Language, path: Path) -> List[Doc]:
-    """Docs with gold cats from a DocBin.
-
-    nlp (spacy.Language): For the vocab.
-    path (Path): A ``.spacy`` file.
-    RETURNS (List[Doc]): The docs that have cats.
-    """
-    docs = [d for d in DocBin().from_disk(path).get_docs(nlp.vocab) if d.cats]
-    if not docs:
-        raise ValueError(f"{path}: no docs with gold cats")
-    return docs
-
-
-def encode(encoder: Model, docs: List[Doc], batch_size: int, cache: Optional[Path], desc: str) -> numpy.ndarray:
-    """Encoder outputs for the docs, in order; optionally cached on disk, keyed by
-    the encoder's settings and the texts (an ablation re-run skips the transformer).
-
-    encoder (Model): The initialized ``SentenceEncoder``.
-    docs (List[Doc]): The docs.
-    batch_size (int): Docs per encoder call (sorted by length inside).
-    cache (Optional[Path]): Folder for cached arrays, or None.
-    desc (str): Progress bar label.
-    RETURNS (numpy.ndarray): One row per doc.
-    """
-    key = hashlib.sha256(json.dumps(encoder.attrs, sort_keys=True, default=str).encode())
-    for doc in docs:
-        key.update(doc.text.encode("utf8") + b"\0")
-    path = cache / f"{desc}-{key.hexdigest()[:16]}.npy" if cache else None
-    if path is not None and path.exists():
-        return numpy.load(path)
-    rows = []
-    bar = progress_bar(len(docs), f"encode {desc}", unit="doc")
-    for start in range(0, len(docs), batch_size):
-        batch = docs[start : start + batch_size]
-        rows.append(encoder.ops.to_numpy(encoder.predict(batch)))
-        bar.update(len(batch))
-    bar.close()
-    X = numpy.concatenate(rows) if rows else numpy.zeros((0, encoder.get_dim("nO")), dtype="f")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        numpy.save(path, X)
-    return X
-
-
-def targets(docs: List[Doc], labels: List[str]) -> numpy.ndarray:
-    """One-hot gold rows in the order of ``labels``."""
-    return numpy.asarray([[d.cats.get(k, 0.0) for k in labels] for d in docs], dtype="f")
-
-
-def dev_macro_f(head: Model, X: numpy.ndarray, gold: List[Tuple[str, str]], labels: List[str]) -> float:
-    """Mean over languages of the dev macro-F (the measure `evaluate` reports)."""
-    pred = [labels[i] for i in head.ops.to_numpy(head.predict(X)).argmax(axis=1)]
-    return score(gold, pred, sorted({lang for lang, _ in gold}), labels)["mean"]["macro_f"]
-
-
-def train_head(head: Model, X: numpy.ndarray, Y: numpy.ndarray, X_dev: numpy.ndarray, dev_gold: List[Tuple[str, str]], labels: List[str], settings: Dict[str, Any]) -> Dict[str, Any]:
-    """Train the head with softmax cross-entropy; keep the best epoch on dev.
-
-    head (Model): The classifier head (vectors → probabilities), initialized.
-    X (numpy.ndarray): Train vectors.
-    Y (numpy.ndarray): One-hot train targets.
-    X_dev (numpy.ndarray): Dev vectors.
-    dev_gold (List[Tuple[str, str]]): (lang, label) per dev doc.
-    labels (List[str]): Labels, in column order.
-    settings (Dict[str, Any]): The config's ``[head_training]`` section.
-    RETURNS (Dict[str, Any]): Dev score per epoch, best epoch and score.
-    """
-    optimizer = registry.resolve({"o": settings["optimizer"]})["o"]
-    rng = numpy.random.RandomState(int(settings["seed"]))
-    batch_size = int(settings["batch_size"])
-    best = (-1.0, 0, head.to_bytes())
-    history = []
-    for epoch in range(1, int(settings["max_epochs"]) + 1):
-        order = rng.permutation(len(X))
-        for start in range(0, len(X), batch_size):
-            idx = order[start : start + batch_size]
-            P, backprop = head.begin_update(head.ops.asarray2f(X[idx]))
-            # Softmax's backprop takes the gradient w.r.t. its logits: P - Y for cross-entropy.
-            backprop((P - head.ops.asarray2f(Y[idx])) / len(idx))
-            head.finish_update(optimizer)
-        with head.use_params(optimizer.averages) if optimizer.averages else contextlib.nullcontext():
-            score = dev_macro_f(head, X_dev, dev_gold, labels)
-            if score > best[0]:
-                best = (score, epoch, head.to_bytes())
-        history.append(round(score, 3))
-        if epoch - best[1] >= int(settings["patience"]):
-            break
-    head.from_bytes(best[2])
-    return {"dev_macro_f_by_epoch": history, "best_epoch": best[1], "best_dev_macro_f": best[0]}
-
-
-def fit_teacher(config: Config, cache: Optional[Path]) -> Tuple[Language, Dict[str, Any]]:
-    """Build the teacher from its config, encode its train and dev docs (cached), and
-    train the head, keeping the best dev epoch.
-
-    config (Config): The teacher config, overrides applied, not interpolated.
-    cache (Optional[Path]): Encoder-output cache folder.
-    RETURNS (Tuple[Language, Dict[str, Any]]): The trained pipeline and the training report.
-    """
-    settings = config.interpolate()["head_training"]
-    fix_random_seed(int(settings["seed"]))
-    nlp = load_model_from_config(config, auto_fill=True, validate=True)
-    start = time.perf_counter()
-    paths = config.interpolate()["paths"]
-    train_docs = read_gold(nlp, Path(paths["train"]))
-    dev_docs = read_gold(nlp, Path(paths["dev"]))
-    textcat = nlp.get_pipe("textcat")
-    examples = [Example(nlp.make_doc(d.text), d) for d in train_docs[:8]]
-    nlp.initialize(lambda: examples)
-    labels = list(textcat.labels)
-    encoder = textcat.model.get_ref("encoder")
-    batch_size = int(settings["encode_batch_size"])
-    X = encode(encoder, train_docs, batch_size, cache, "train")
-    X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
-    encode_seconds = time.perf_counter() - start
-    dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
-    report = train_head(textcat.model.get_ref("head"), X, targets(train_docs, labels), X_dev, dev_gold, labels, settings)
-    report.update(n_train=len(train_docs), n_dev=len(dev_docs), encode_seconds=round(encode_seconds, 1), seconds=round(time.perf_counter() - start, 1))
-    return nlp, report
+from spacy_distill.teacher.train import fit_teacher
 
 
 def main(
