@@ -1,4 +1,4 @@
-"""Teacher ablation: variants of the frozen-encoder teacher (prefix, pooling, head),
+"""Teacher ablation: variants of the teacher (prefix, pooling, head, top layers fine-tuned),
 each trained as ``scripts/train_teacher.py`` trains the default, chosen on the teacher
 dev set and reported on the test split. Encoder outputs are cached per encoder setting,
 so variants that share an encoder cost one encoding.
@@ -57,12 +57,18 @@ def main(
         head = textcat.model.get_ref("head")
         texts, gold = read_test(test_path, langs)
         batch_size = int(cfg.interpolate()["head_training"]["encode_batch_size"])
-        X_test = encode(textcat.model.get_ref("encoder"), [nlp.make_doc(t) for t in texts], batch_size, cache, "test")
+        # A fine-tuned encoder has the frozen one's settings but not its weights: its
+        # test vectors must not come from (or go to) the cache of the frozen encoder.
+        tuned = report.get("finetune")
+        X_test = encode(textcat.model.get_ref("encoder"), [nlp.make_doc(t) for t in texts], batch_size, None if tuned else cache, "test")
         pred = [labels[i] for i in head.ops.to_numpy(head.predict(X_test)).argmax(axis=1)]
         scores = score(gold, pred, langs, labels)
-        rows.append({"name": name, "description": variant.get("description", ""), "dev_macro_f": report["best_dev_macro_f"],
-                     "best_epoch": report["best_epoch"], "seconds": round(time.perf_counter() - start, 1), **scores})
-        typer.echo(f"{name}: dev {report['best_dev_macro_f']:.1f}, test {scores['mean']['macro_f']:.1f}")
+        dev_f = tuned["best"]["dev_macro_f"] if tuned else report["best_dev_macro_f"]
+        extra = {"top_layers": tuned["top_layers"], "chosen_step": tuned["best"]["step"], "dev_loss": tuned["best"]["dev_loss"],
+                 "finetune_seconds": tuned["seconds"]} if tuned else {"top_layers": 0}
+        rows.append({"name": name, "description": variant.get("description", ""), "dev_macro_f": dev_f,
+                     "best_epoch": report["best_epoch"], "seconds": round(time.perf_counter() - start, 1), **extra, **scores})
+        typer.echo(f"{name}: dev {dev_f:.1f}, test {scores['mean']['macro_f']:.1f}")
     write_json(output_prefix.with_suffix(".json"), {"langs": langs, "settings": settings, "variants": rows})
     lines = [
         "| teacher variant | change | dev macro-F | test macro-F | " + " | ".join(langs) + " |",

@@ -16,7 +16,7 @@ through spacy-transformers' ``HFShim``, so ``spacy.load`` needs neither the
 original folder nor the hub.
 """
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -128,6 +128,47 @@ def length_batches(lengths: List[int], max_batch_tokens: int) -> List[List[int]]
     return batches
 
 
+
+def pad_batch(ids: List[List[int]], pad_id: int, device: Any) -> Tuple[Any, Any]:
+    """Piece ids padded to the longest row, and the attention mask.
+
+    ids (List[List[int]]): Piece ids per text.
+    pad_id (int): The tokenizer's padding id.
+    device (torch.device): Where the tensors go.
+    RETURNS (Tuple[torch.Tensor, torch.Tensor]): ``input_ids`` and ``attention_mask``, both (rows, longest).
+    """
+    import torch
+
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def pool(hidden: Any, mask: Any, pooling: str, normalize: bool) -> Any:
+    """One vector per text from the last hidden states, as the encoder was trained.
+
+    hidden (torch.Tensor): (rows, pieces, width) hidden states.
+    mask (torch.Tensor): (rows, pieces) attention mask.
+    pooling (str): "mean" (over the mask) or "cls" (first piece).
+    normalize (bool): L2-normalise the vectors.
+    RETURNS (torch.Tensor): (rows, width).
+    """
+    import torch
+
+    if pooling == "cls":
+        vectors = hidden[:, 0]
+    else:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    return vectors
+
+
 def encoder_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats2d, Callable]:
     import torch
 
@@ -148,23 +189,11 @@ def encoder_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floa
         device = next(hf.transformer.parameters()).device
         pad_id = hf.tokenizer.pad_token_id or 0
         for batch in length_batches([len(x) for x in ids], model.attrs["max_batch_tokens"]):
-            n = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), n), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-            input_ids, mask = input_ids.to(device), mask.to(device)
+            input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, device)
             # Frozen: no graph, no gradients (the head is what trains).
             with torch.no_grad():
                 hidden = hf.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                if model.attrs["pooling"] == "cls":
-                    vectors = hidden[:, 0]
-                else:
-                    m = mask.unsqueeze(-1).to(hidden.dtype)
-                    vectors = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-                if model.attrs["normalize"]:
-                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                vectors = pool(hidden, mask, model.attrs["pooling"], model.attrs["normalize"])
             output[batch] = model.ops.asarray2f(vectors.float().cpu().numpy())
 
     def backprop(dY: Floats2d) -> List[Doc]:
@@ -206,4 +235,4 @@ def build_encoder_textcat(
     return model
 
 
-__all__ = ["SentenceEncoder", "build_encoder_textcat", "length_batches"]
+__all__ = ["SentenceEncoder", "build_encoder_textcat", "length_batches", "pad_batch", "pool"]

@@ -117,19 +117,23 @@ def train_head(head: Model, X: numpy.ndarray, Y: numpy.ndarray, X_dev: numpy.nda
     return {"dev_macro_f_by_epoch": history, "best_epoch": best[1], "best_dev_macro_f": best[0]}
 
 
-def fit_teacher(config: Config, cache: Optional[Path]) -> Tuple[Language, Dict[str, Any]]:
-    """Build the teacher from its config, encode its train and dev docs (cached), and
-    train the head, keeping the best dev epoch.
+def fit_teacher(config: Config, cache: Optional[Path], gpu_id: int = -1) -> Tuple[Language, Dict[str, Any]]:
+    """Build the teacher from its config, encode its train and dev docs (cached),
+    train the head, keeping the best dev epoch, and, when the config's
+    ``[finetune]`` section asks for it, fine-tune the top encoder layers with the
+    head on cached states (``spacy_distill.teacher.finetune``).
 
     config (Config): The teacher config, overrides applied, not interpolated.
     cache (Optional[Path]): Encoder-output cache folder.
+    gpu_id (int): -1 for CPU; with a GPU, ``[finetune] top_layers_gpu`` layers train.
     RETURNS (Tuple[Language, Dict[str, Any]]): The trained pipeline and the training report.
     """
-    settings = config.interpolate()["head_training"]
+    resolved = config.interpolate()
+    settings = resolved["head_training"]
     fix_random_seed(int(settings["seed"]))
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     start = time.perf_counter()
-    paths = config.interpolate()["paths"]
+    paths = resolved["paths"]
     train_docs = read_gold(nlp, Path(paths["train"]))
     dev_docs = read_gold(nlp, Path(paths["dev"]))
     textcat = nlp.get_pipe("textcat")
@@ -137,12 +141,34 @@ def fit_teacher(config: Config, cache: Optional[Path]) -> Tuple[Language, Dict[s
     nlp.initialize(lambda: examples)
     labels = list(textcat.labels)
     encoder = textcat.model.get_ref("encoder")
-    batch_size = int(settings["encode_batch_size"])
-    X = encode(encoder, train_docs, batch_size, cache, "train")
-    X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
-    encode_seconds = time.perf_counter() - start
+    Y = targets(train_docs, labels)
     dev_gold = [(d.user_data.get("lang", "xx"), max(d.cats, key=d.cats.get)) for d in dev_docs]
-    report = train_head(textcat.model.get_ref("head"), X, targets(train_docs, labels), X_dev, dev_gold, labels, settings)
+    ft_settings = resolved.get("finetune")
+    top_layers = 0
+    if ft_settings:
+        from spacy_distill.teacher.finetune import encode_states, encoder_layers, resolve_top_layers
+
+        transformer = encoder.shims[0]._hfmodel.transformer
+        top_layers = resolve_top_layers(ft_settings, len(encoder_layers(transformer)), gpu_id)
+    if top_layers:
+        import torch
+
+        transformer.to(torch.device(f"cuda:{gpu_id}" if gpu_id >= 0 else "cpu"))
+        # One pass gives both the states entering the first trained layer and the
+        # pooled output the frozen head trains on first.
+        first = len(encoder_layers(transformer)) - top_layers
+        train_states, X = encode_states(encoder, train_docs, first, cache, "train")
+        dev_states, X_dev = encode_states(encoder, dev_docs, first, cache, "dev")
+    else:
+        batch_size = int(settings["encode_batch_size"])
+        X = encode(encoder, train_docs, batch_size, cache, "train")
+        X_dev = encode(encoder, dev_docs, batch_size, cache, "dev")
+    encode_seconds = time.perf_counter() - start
+    report = train_head(textcat.model.get_ref("head"), X, Y, X_dev, dev_gold, labels, settings)
+    if top_layers:
+        from spacy_distill.teacher.finetune import finetune
+
+        report["finetune"] = finetune(textcat.model, train_states, Y, dev_states, dev_gold, labels, ft_settings, top_layers, gpu_id)
     report.update(n_train=len(train_docs), n_dev=len(dev_docs), encode_seconds=round(encode_seconds, 1), seconds=round(time.perf_counter() - start, 1))
     return nlp, report
 
