@@ -382,14 +382,14 @@ def test_status_hides_paths_unless_authorised(
 
 
 def test_docs_work_offline(client: TestClient) -> None:
-    from spacy_distill.serving.app import _docs_assets
+    from spacy_distill.serving.routes_docs import docs_assets
 
     docs, redoc = client.get("/docs"), client.get("/redoc")
     assert docs.status_code == 200 and redoc.status_code == 200
     for page in (docs.text, redoc.text):
         # Nothing loaded from elsewhere (the FastAPI defaults use a CDN and Google Fonts).
         assert "https://" not in page and "http://" not in page
-    if _docs_assets() is None:
+    if docs_assets() is None:
         assert "fastapi-offline" in docs.text and "/classify" in docs.text
         return
     assert "/docs-assets/swagger-ui-bundle.js" in docs.text
@@ -397,3 +397,19 @@ def test_docs_work_offline(client: TestClient) -> None:
     for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
         asset = client.get(f"/docs-assets/{name}")
         assert asset.status_code == 200 and len(asset.content) > 10_000
+
+
+def test_settings_from_dict_refuses_unknown_keys() -> None:
+    settings = ServeSettings(max_texts=7, token="t")
+    assert ServeSettings.from_dict(settings.to_dict()) == settings
+    # A misspelt key is an error that names it, not a default silently kept.
+    with pytest.raises(ValueError, match=r"'max_text' \(did you mean 'max_texts'\?\)"):
+        ServeSettings.from_dict({"max_text": 10})
+    with pytest.raises(ValueError, match="unknown server settings: 'colour'"):
+        ServeSettings.from_dict({"max_texts": 10, "colour": "red"})
+
+
+def test_version_is_the_installed_package_s(client: TestClient) -> None:
+    from importlib.metadata import version
+
+    assert client.get("/openapi.json").json()["info"]["version"] == version("spacy-distill")

@@ -17,7 +17,7 @@ up). The protocols here add, per connection:
   and closed at once, so it holds no resources.
 
 The number of header fields (``max_headers``) and the body timeout are checked
-in the app (``_GuardMiddleware``), which also covers servers in front of it.
+in the app (``middleware.GuardMiddleware``), which also covers servers in front of it.
 The limits come from the ``ServeSettings`` that ``uvicorn_config`` puts on the
 uvicorn config, or, in uvicorn worker processes, from the environment that
 ``spacy-distill serve`` fills.

@@ -6,6 +6,7 @@ field must stay JSON-serialisable.
 """
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -140,13 +141,26 @@ class ServeSettings:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ServeSettings":
-        """Build settings from ``to_dict`` output, ignoring unknown keys.
+        """Build settings from ``to_dict`` output (or a config's ``settings``).
+
+        An unknown key is an error, not dropped: a misspelt limit in a Ray
+        Serve config (``max_text: 10``) would otherwise leave the default in force.
 
         data (Dict[str, Any]): The fields.
         RETURNS (ServeSettings): The settings.
+        RAISES (ValueError): A key that is not a field of ``ServeSettings``.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names), key=str)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+            raise ValueError(
+                f"unknown server settings: {', '.join(hints)}; known: {', '.join(names)}"
+            )
+        return cls(**data)
 
 
 def dump_config_to_env(models: Dict[str, str], settings: ServeSettings) -> None:
