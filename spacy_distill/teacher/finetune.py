@@ -356,7 +356,8 @@ def finetune(
     )
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])
-    total = epochs * -(-len(train) // batch_size)
+    per_epoch = -(-len(train) // batch_size)
+    total = epochs * per_epoch
     warmup = max(1, int(float(settings["warmup"]) * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
@@ -393,7 +394,6 @@ def finetune(
     # Step 0 is the frozen teacher itself: fine-tuning is kept only if dev says it helps.
     evaluate(0, 0.0)
     eval_frequency = int(settings["eval_frequency"])
-    per_epoch = -(-len(train) // batch_size)
     step = 0
     bar = progress_bar(total, f"fine-tune top {top_layers} layers", unit="step")
     for epoch in range(epochs):
