@@ -17,24 +17,16 @@ from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
-from common import dir_size, load_section, run, split_langs, write_json, write_text
-from evaluate_systems import evaluate_system, read_test, time_systems
 from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train
 from spacy.util import load_config
 
+from spacy_distill.evaluation.data import read_test
+from spacy_distill.evaluation.predict import evaluate_system
+from spacy_distill.evaluation.timing import time_systems
+from spacy_distill.io import write_json, write_text
 from spacy_distill.pipeline.readers import iter_labelled_docs
-
-
-def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
-    """The dotted overrides of one variant (a list of [key, value] pairs in the config).
-
-    variant (Dict[str, Any]): The variant's settings.
-    RETURNS (Dict[str, Any]): Dotted key → value.
-    """
-    # [key, value] pairs rather than a dict: confection re-parses a dict value with
-    # dotted keys as sections when it interpolates.
-    return {str(key): value for key, value in variant.get("overrides", [])}
+from spacy_distill.project import dir_size, load_section, run, split_langs, variant_overrides
 
 
 def count_train_docs(student_config: Path, overrides: Dict[str, Any]) -> Dict[str, int]:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import typer
-from common import atomic_path, load_section, run, split_langs, write_json, write_text
 from spacy.cli._util import parse_config_overrides
 
 from spacy_distill.cascade import cascade_throughput, choose_threshold, evaluate_budget
+from spacy_distill.io import atomic_path, write_json, write_text
+from spacy_distill.project import load_section, run, split_langs
 
 
 def read_predictions(path: Path) -> List[Dict[str, Any]]:

@@ -13,8 +13,10 @@ from typing import Dict, List, Set
 
 import spacy
 import typer
-from common import run, write_json
 from spacy.tokens import DocBin
+
+from spacy_distill.io import write_json
+from spacy_distill.project import run
 
 DATA_SUFFIXES = (".csv", ".tsv", ".spacy", ".jsonl", ".conllu", ".parquet")
 WINDOW = 24

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import spacy
 import typer
-from common import run
+
+from spacy_distill.project import run
 
 
 def main(

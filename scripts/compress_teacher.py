@@ -34,13 +34,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import spacy
 import typer
-from common import dir_size, run, split_langs, write_json
-from evaluate_systems import score
 from spacy.cli._util import parse_config_overrides
 from spacy.language import Language
 from spacy.util import load_config
 
-from spacy_distill.io import atomic_path, read_records
+from spacy_distill.evaluation.scoring import score
+from spacy_distill.io import atomic_path, read_records, write_json
+from spacy_distill.project import dir_size, run, split_langs
 from spacy_distill.teacher.compress import (
     encoder_of,
     prune_layers,
@@ -76,7 +76,7 @@ class Select:
         """Dev macro-F per language and mean, and the seconds it took.
 
         nlp (Language): The system.
-        RETURNS (Dict[str, Any]): ``evaluate_systems.score`` plus "seconds".
+        RETURNS (Dict[str, Any]): ``spacy_distill.evaluation.scoring.score`` plus "seconds".
         """
         start = time.perf_counter()
         pred = [max(doc.cats, key=doc.cats.get) for doc in nlp.pipe(self.texts, batch_size=self.batch_size)]

@@ -12,9 +12,11 @@ from typing import Dict, List, Set, Tuple
 
 import spacy
 import typer
-from common import run, split_langs, write_json, write_text
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
+
+from spacy_distill.io import write_json, write_text
+from spacy_distill.project import run, split_langs
 
 Span = Tuple[int, int]
 

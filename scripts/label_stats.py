@@ -13,10 +13,11 @@ from typing import Any, Dict, List
 
 import spacy
 import typer
-from common import run, write_json, write_text
 from spacy.tokens import DocBin
 
+from spacy_distill.io import write_json, write_text
 from spacy_distill.pipeline.teacher_scores import get_teacher_probs
+from spacy_distill.project import run
 
 
 def summarise(labelled: Path, parts: List[str]) -> Dict[str, Any]:

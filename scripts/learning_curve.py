@@ -11,11 +11,14 @@ from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
-from common import atomic_path, load_section, run, split_langs, write_json, write_text
-from evaluate_systems import evaluate_system, read_test
 from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train
 from spacy.tokens import DocBin
+
+from spacy_distill.evaluation.data import read_test
+from spacy_distill.evaluation.predict import evaluate_system
+from spacy_distill.io import atomic_path, write_json, write_text
+from spacy_distill.project import load_section, run, split_langs
 
 
 def build_train_dir(labelled: Path, out_dir: Path, per_lang: int, langs: List[str], include_augmented: bool) -> Dict[str, int]:

@@ -14,8 +14,10 @@ from typing import Any, Dict, List
 import spacy
 import srsly
 import typer
-from common import run, write_json, write_text
 from spacy.tokens import DocBin
+
+from spacy_distill.io import write_json, write_text
+from spacy_distill.project import run
 
 LICENSE_NOTE = (
     "Trained on the Multilingual Amazon Reviews Corpus (MARC, Keung et al. 2020), whose licence allows "

@@ -14,9 +14,11 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import spacy
 import typer
-from common import LABELS, atomic_path, load_section, run, split_langs, write_json, write_jsonl
 from spacy.cli._util import parse_config_overrides
 from spacy.tokens import DocBin
+
+from spacy_distill.io import atomic_path, write_json, write_jsonl
+from spacy_distill.project import LABELS, load_section, run, split_langs
 
 HEADER = ["marc_idx", "text", "stars"]
 Row = Dict[str, Any]

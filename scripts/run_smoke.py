@@ -18,7 +18,8 @@ from typing import Dict, List, Optional
 
 import srsly
 import typer
-from common import run
+
+from spacy_distill.project import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

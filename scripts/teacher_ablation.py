@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import typer
-from ablation import variant_overrides
-from common import load_section, run, split_langs, write_json, write_text
-from evaluate_systems import read_test, score
 from spacy.cli._util import parse_config_overrides
 from spacy.util import load_config
 
+from spacy_distill.evaluation.data import read_test
+from spacy_distill.evaluation.scoring import score
+from spacy_distill.io import write_json, write_text
+from spacy_distill.project import load_section, run, split_langs, variant_overrides
 from spacy_distill.teacher.train import encode, fit_teacher
 
 

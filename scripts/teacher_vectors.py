@@ -11,11 +11,11 @@ from typing import Iterator, List, Tuple
 
 import spacy
 import typer
-from common import load_section, run, write_json
 from spacy.cli._util import parse_config_overrides
 from spacy.util import load_config
 
-from spacy_distill.io import read_records
+from spacy_distill.io import read_records, write_json
+from spacy_distill.project import load_section, run
 from spacy_distill.teacher.static_vectors import distill_vectors
 
 

@@ -12,11 +12,15 @@ from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
-from common import dir_size, load_section, run, split_langs, write_json, write_text
-from evaluate_systems import evaluate_system, read_test, time_system
 from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train
 from spacy.util import load_config
+
+from spacy_distill.evaluation.data import read_test
+from spacy_distill.evaluation.predict import evaluate_system
+from spacy_distill.evaluation.timing import time_system
+from spacy_distill.io import write_json, write_text
+from spacy_distill.project import dir_size, load_section, run, split_langs
 
 
 def main(

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from common import run, write_json
 from spacy.cli._util import parse_config_overrides
 from spacy.util import load_config
 
-from spacy_distill.io import atomic_path
+from spacy_distill.io import atomic_path, write_json
+from spacy_distill.project import run
 from spacy_distill.teacher.train import fit_teacher
 
 

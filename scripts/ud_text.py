@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Dict, List
 
 import typer
-from common import load_section, run, split_langs, write_json, write_jsonl
 from spacy.cli._util import parse_config_overrides
+
+from spacy_distill.io import write_json, write_jsonl
+from spacy_distill.project import load_section, run, split_langs
 
 TEXT_PREFIX = "# text ="
 

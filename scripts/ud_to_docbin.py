@@ -18,9 +18,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import spacy
 import typer
-from common import atomic_path, load_section, run, split_langs, write_json
 from spacy.cli._util import parse_config_overrides
 from spacy.tokens import Doc, DocBin
+
+from spacy_distill.io import atomic_path, write_json
+from spacy_distill.project import load_section, run, split_langs
 
 UPOS = {
     "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",

@@ -328,7 +328,7 @@ def test_cascade_script_on_synthetic_predictions(tmp_path):
     dev = [json.loads(line) for line in (pred / "student.dev.jsonl").read_text().splitlines()]
     assert len(plan(dev, by["cascade_20"]["threshold"], 1.5)[1]) == 8
     assert (tmp_path / "cascade.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Bad inputs, in process: the script's main under typer, as common.run builds it.
+    # Bad inputs, in process: the script's main under typer, as spacy_distill.project.run builds it.
     import typer
     from typer.testing import CliRunner
 

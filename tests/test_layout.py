@@ -11,7 +11,7 @@ import ast
 import re
 from collections import deque
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 
@@ -79,19 +79,20 @@ def imports(module: str, modules: Dict[str, Path]) -> Set[str]:
     return found
 
 
+def absolute_imports(path: Path) -> List[Tuple[int, str]]:
+    """``(line, module)`` of every absolute import in the file, anywhere in its code."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf8"))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.append((node.lineno, node.module or ""))
+    return sorted(found)
+
+
 def foreign_imports(module: str, modules: Dict[str, Path], tops: Iterable[str]) -> Set[str]:
     """The imports of ``module`` whose top-level package is one of ``tops``."""
-    tree = ast.parse(modules[module].read_text(encoding="utf8"))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        else:
-            continue
-        found.update(name for name in names if name.split(".")[0] in tops)
-    return found
+    return {name for _, name in absolute_imports(modules[module]) if name.split(".")[0] in tops}
 
 
 def import_graph(root: Path) -> Dict[str, Set[str]]:
@@ -207,3 +208,34 @@ def test_every_plugin_module_is_used_outside_the_tests():
         f"{sorted(unused)} are used by no entry point, config, project command or script "
         "(test harnesses belong under tests/)"
     )
+
+
+def script_imports_of_scripts(scripts_dir: Path) -> List[str]:
+    """``file:line`` of every import, in a script, of another script module.
+
+    The scripts run as ``python scripts/<name>.py``, so their folder is on
+    ``sys.path`` and ``import common`` would find ``scripts/common.py``: shared
+    code then hides outside the package. An import (anywhere in the file) whose
+    first name is the stem of a ``scripts/*.py`` file is such an import.
+    """
+    stems = {path.stem for path in scripts_dir.glob("*.py")}
+    return [
+        f"{path.relative_to(scripts_dir.parent)}:{line}: imports {name}"
+        for path in sorted(scripts_dir.glob("*.py"))
+        for line, name in absolute_imports(path)
+        if name.split(".")[0] in stems
+    ]
+
+
+def test_no_script_imports_another_script():
+    found = script_imports_of_scripts(REPO / "scripts")
+    assert not found, "scripts import other scripts (move the shared code into the package): " + "; ".join(found)
+
+
+def test_script_import_of_a_script_is_detected(tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "common.py").write_text("import json\n")
+    (scripts / "a.py").write_text("import spacy\nfrom common import run\n\ndef main():\n    import b.x\n")
+    (scripts / "b.py").write_text("from spacy_distill.project import run\n")
+    assert script_imports_of_scripts(scripts) == ["scripts/a.py:2: imports common", "scripts/a.py:5: imports b.x"]

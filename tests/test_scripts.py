@@ -1,5 +1,6 @@
-"""Unit tests of the project scripts (scripts/*.py): bad-row errors name file:line and
-field, splits are seeded and balanced, CoNLL-U conversion, metrics helpers."""
+"""Unit tests of the project scripts (scripts/*.py) and the evaluation library they run on
+(spacy_distill.evaluation): bad-row errors name file:line and field, splits are seeded and
+balanced, CoNLL-U conversion, metrics helpers."""
 
 import sys
 from pathlib import Path
@@ -16,6 +17,12 @@ import prepare_corpus  # noqa: E402
 import tradeoff  # noqa: E402
 import ud_to_docbin  # noqa: E402
 from prepare_corpus import BadRow, make_splits, read_reviews  # noqa: E402
+
+from spacy_distill.evaluation.calibration import calibration_report  # noqa: E402
+from spacy_distill.evaluation.data import read_ood  # noqa: E402
+from spacy_distill.evaluation.markdown import calibration_markdown  # noqa: E402
+from spacy_distill.evaluation.scoring import score  # noqa: E402
+from spacy_distill.evaluation.timing import time_systems  # noqa: E402
 
 HEADER = "marc_idx,text,stars\n"
 
@@ -184,7 +191,7 @@ def test_segmentation_prf():
 def test_macro_f_and_score():
     gold = [("de", "POSITIVE"), ("de", "NEGATIVE"), ("ja", "POSITIVE"), ("ja", "NEGATIVE")]
     pred = ["POSITIVE", "POSITIVE", "POSITIVE", "NEGATIVE"]
-    s = evaluate_systems.score(gold, pred, ["de", "ja"], ["NEGATIVE", "POSITIVE"])
+    s = score(gold, pred, ["de", "ja"], ["NEGATIVE", "POSITIVE"])
     assert s["per_lang"]["ja"]["acc"] == 100 and s["per_lang"]["de"]["acc"] == 50
     assert s["per_lang"]["de"]["macro_f"] == pytest.approx(100 * (0 + 2 / 3) / 2)
     assert s["mean"]["acc"] == 75
@@ -247,10 +254,10 @@ def test_tradeoff_reuses_only_a_variant_trained_with_the_same_config(tmp_path, c
     ],
 )
 def test_pareto_front(points, front):
-    import plot
+    from spacy_distill.evaluation.plots import pareto_front
 
-    assert sorted(plot.pareto_front(points)) == sorted(front)
-    assert plot.pareto_front(points)[0] == max(front, key=lambda n: points[n][0])
+    assert sorted(pareto_front(points)) == sorted(front)
+    assert pareto_front(points)[0] == max(front, key=lambda n: points[n][0])
 
 
 CALLS = []
@@ -275,7 +282,7 @@ def test_time_systems_interleaves_and_totals():
         nlp.add_pipe("test_record_system", config={"system": name})
         systems[name] = nlp
     CALLS.clear()
-    out = evaluate_systems.time_systems(systems, ["a b", "c d e"], 2, 1, 0.0, rounds=2)
+    out = time_systems(systems, ["a b", "c d e"], 2, 1, 0.0, rounds=2)
     # Warm-up A, B (1 doc each); batched passes A B A B (2 docs each); then one-doc
     # passes, also A B A B.
     assert CALLS == ["A", "B"] + ["A", "A", "B", "B"] * 2 + ["A", "A", "B", "B"] * 2
@@ -296,7 +303,8 @@ def test_evaluate_systems_reports_calibration(tmp_path):
     from spacy.tokens import DocBin
     from typer.testing import CliRunner
 
-    from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration, reliability
+    from spacy_distill.evaluation.calibration import reliability
+    from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration
     from spacy_distill.teacher.label import probs_to_logits
 
     from .serving_harness import TRAIN_DATA, save_test_pipeline
@@ -363,10 +371,10 @@ def test_evaluate_systems_reports_calibration(tmp_path):
     assert "| majority |" in md and "n/a¹" in md
     assert "not measured: no dev docs" in (tmp_path / "none" / "results.md").read_text(encoding="utf8")
     # Multi-label classes: no top-class ECE, reported as n/a with the reason.
-    multi = evaluate_systems.calibration_report([{"NEGATIVE": 0.7, "POSITIVE": 0.6}], [("en", "NEGATIVE")], ["en"], 15, exclusive=False)
+    multi = calibration_report([{"NEGATIVE": 0.7, "POSITIVE": 0.6}], [("en", "NEGATIVE")], ["en"], 15, exclusive=False)
     assert multi["measured"] is False and multi.get("ece_before") is None
     results["dev"]["systems"]["bow"]["calibration"] = multi
-    assert "| bow | n/a | n/a | n/a | multi-label classes:" in "\n".join(evaluate_systems.calibration_markdown(results["dev"]))
+    assert "| bow | n/a | n/a | n/a | multi-label classes:" in "\n".join(calibration_markdown(results["dev"]))
 
 
 @pytest.mark.parametrize(
@@ -385,6 +393,6 @@ def test_read_ood(tmp_path, content, expected):
     path.write_text(content, encoding="utf8")
     if expected is None:
         with pytest.raises(typer.BadParameter, match=r"en_test\.tsv:\d"):
-            evaluate_systems.read_ood(path)
+            read_ood(path)
     else:
-        assert evaluate_systems.read_ood(path) == expected
+        assert read_ood(path) == expected

@@ -1,12 +1,9 @@
-"""Calibrated probabilities: how far confidence is from accuracy, and a fix at serving time.
+"""Calibrated probabilities at serving time: fitting a temperature / Platt scaling, and applying it.
 
-* :func:`reliability` / :func:`expected_calibration_error`: the expected
-  calibration error (ECE, Guo et al. 2017) and the data of a reliability
-  diagram. The confidence of a prediction is its top class's probability; it
-  is correct when that class (the argmax) is the gold class. Confidences go
-  into ``n_bins`` equal-width bins, ``(i / n, (i + 1) / n]`` with 0.0 in the
-  first bin; ECE is the mean over bins of ``|accuracy − mean confidence|``,
-  weighted by the share of predictions in the bin.
+* :func:`fit_calibration`: one scale (1 / temperature) and, optionally, a bias
+  per label, fitted to gold labels at minimum NLL (Guo et al. 2017).
+  Measuring calibration (the expected calibration error and reliability
+  diagrams) is ``spacy_distill.evaluation.calibration``'s.
 * The ``distill_calibration`` component: placed after a text classifier, it
   rescales ``doc.cats`` with the scale (1 / temperature) and per-label bias of
   a ``spacy-distill calibrate`` JSON, exactly as ``spacy-distill label
@@ -22,7 +19,7 @@
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -33,9 +30,6 @@ from spacy.util import minibatch
 
 from ..io import InputError
 from .teacher_scores import PROB_EPS
-
-DEFAULT_N_BINS = 15
-
 
 # --- fitting a calibration (temperature / Platt scaling) ------------------------------------
 
@@ -202,115 +196,7 @@ def fit_calibration(
     )
 
 
-# --- measuring calibration --------------------------------------------------------------
-
-
-@dataclass
-class ReliabilityBin:
-    """One confidence bin of a reliability diagram.
-
-    lower (float): Lower edge (exclusive, except 0.0 for the first bin).
-    upper (float): Upper edge (inclusive).
-    count (int): Predictions in the bin.
-    confidence (Optional[float]): Their mean confidence; None if the bin is empty.
-    accuracy (Optional[float]): The share of them that is correct; None if empty.
-    """
-
-    lower: float
-    upper: float
-    count: int
-    confidence: Optional[float]
-    accuracy: Optional[float]
-
-
-@dataclass
-class Reliability:
-    """Expected calibration error and the reliability diagram it comes from.
-
-    ece (float): Expected calibration error, in [0, 1].
-    n (int): Number of predictions.
-    accuracy (float): Share of correct predictions.
-    confidence (float): Mean confidence.
-    bins (List[ReliabilityBin]): Every bin, empty ones included.
-    """
-
-    ece: float
-    n: int
-    accuracy: float
-    confidence: float
-    bins: List[ReliabilityBin]
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-serializable form."""
-        return asdict(self)
-
-
-def _as_matrix(probs: Union[numpy.ndarray, Sequence[Sequence[float]]]) -> numpy.ndarray:
-    P = numpy.asarray(probs, dtype="f8")
-    if P.ndim != 2 or P.shape[0] == 0 or P.shape[1] == 0:
-        raise ValueError(
-            f"calibration needs a (docs × classes) matrix of probabilities with at least one doc "
-            f"and one class, got shape {P.shape}"
-        )
-    if not numpy.isfinite(P).all() or (P < 0).any() or (P > 1).any():
-        raise ValueError("probabilities must be finite and within [0, 1]")
-    return P
-
-
-def reliability(
-    probs: Union[numpy.ndarray, Sequence[Sequence[float]]],
-    gold: Union[numpy.ndarray, Sequence[int]],
-    n_bins: int = DEFAULT_N_BINS,
-) -> Reliability:
-    """Expected calibration error and reliability-diagram bins of predictions.
-
-    probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities,
-        one row per doc, one column per class.
-    gold (Union[numpy.ndarray, Sequence[int]]): The gold class's column per doc.
-    n_bins (int): Number of equal-width confidence bins.
-    RETURNS (Reliability): ECE, overall accuracy and confidence, and the bins.
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-    P = _as_matrix(probs)
-    y = numpy.asarray(gold)
-    if y.shape != (P.shape[0],) or not numpy.issubdtype(y.dtype, numpy.integer):
-        raise ValueError(f"gold must hold one class index per doc ({P.shape[0]}), got shape {y.shape} of {y.dtype}")
-    if (y < 0).any() or (y >= P.shape[1]).any():
-        raise ValueError(f"gold class indices must be within [0, {P.shape[1] - 1}]")
-    confidence = P.max(axis=1)
-    correct = (P.argmax(axis=1) == y).astype("f8")
-    # ceil(c · n) − 1 puts an edge value i / n into the bin it closes (right-closed
-    # bins); clipping puts 0.0 into the first bin.
-    index = numpy.clip(numpy.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    bins: List[ReliabilityBin] = []
-    ece = 0.0
-    for i in range(n_bins):
-        mask = index == i
-        count = int(mask.sum())
-        conf = float(confidence[mask].mean()) if count else None
-        acc = float(correct[mask].mean()) if count else None
-        if count:
-            ece += count / len(P) * abs(acc - conf)
-        bins.append(ReliabilityBin(lower=i / n_bins, upper=(i + 1) / n_bins, count=count, confidence=conf, accuracy=acc))
-    return Reliability(
-        ece=float(ece), n=len(P), accuracy=float(correct.mean()), confidence=float(confidence.mean()), bins=bins
-    )
-
-
-def expected_calibration_error(
-    probs: Union[numpy.ndarray, Sequence[Sequence[float]]],
-    gold: Union[numpy.ndarray, Sequence[int]],
-    n_bins: int = DEFAULT_N_BINS,
-) -> float:
-    """Expected calibration error (see :func:`reliability`).
-
-    probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities per doc and class.
-    gold (Union[numpy.ndarray, Sequence[int]]): The gold class's column per doc.
-    n_bins (int): Number of equal-width confidence bins.
-    RETURNS (float): ECE, in [0, 1].
-    """
-    return reliability(probs, gold, n_bins).ece
+# --- applying a calibration ---------------------------------------------------------------
 
 
 def calibrate_probs(

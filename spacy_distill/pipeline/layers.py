@@ -1,11 +1,14 @@
-"""Thinc layers the stock library lacks: empty-safe pooling and empty-input guards."""
+"""Thinc layers the stock library lacks: empty-safe pooling, empty-input guards and a
+per-layer learning-rate scale."""
 
-from typing import Callable, List, Optional, Tuple, cast
+from typing import Callable, List, Optional, Tuple, TypeVar, cast
 
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 from thinc.types import Floats2d, Ints1d
+
+InT = TypeVar("InT")
 
 
 @registry.layers("spacy-distill.MeanMaxPool.v1")
@@ -213,3 +216,53 @@ def nonempty_docs_forward(
         return []
 
     return Y, backprop
+
+
+@registry.layers("spacy-distill.with_learn_rate_scale.v1")
+def with_learn_rate_scale(layer: Model[InT, Floats2d], scale: float = 1.0) -> Model[InT, Floats2d]:
+    """Train ``layer`` at ``scale`` times the optimizer's learning rate.
+
+    The output and the gradient that reaches the layer are both multiplied by
+    ``scale``. Adam's step on a weight does not depend on the gradient's scale
+    (it divides by the gradient's running RMS), so the weights move as before
+    while the output they give moves ``scale`` times as far: the layer's own
+    learning rate, under one optimizer for the whole pipeline. This is meant
+    for sparse n-gram weights, which get a gradient only in the batches that
+    contain their n-gram and so are far from converged after a few epochs at
+    the BiLSTM's learning rate. The weights learned are the wrapped layer's
+    weights divided by ``scale``, so a saved model keeps its scale in the config.
+
+    layer (Model[InT, Floats2d]): The wrapped layer (e.g. an n-gram model's logits).
+    scale (float): The learning-rate multiplier (> 0); 1.0 is the layer itself.
+    RETURNS (Model[InT, Floats2d]): The layer with outputs scaled by ``scale``.
+    """
+    if not scale > 0:
+        raise ValueError(f"with_learn_rate_scale: scale must be > 0, got {scale}")
+    return Model(
+        f"learn_rate_scale({layer.name})",
+        learn_rate_scale_forward,
+        init=learn_rate_scale_init,
+        layers=[layer],
+        dims={"nO": layer.maybe_get_dim("nO")},
+        attrs={"scale": float(scale)},
+    )
+
+
+def learn_rate_scale_init(model: Model, X: Optional[InT] = None, Y: Optional[Floats2d] = None) -> None:
+    """Initialize the wrapped layer and copy its nO."""
+    layer = model.layers[0]
+    if model.has_dim("nO") is True and layer.has_dim("nO") is None:
+        layer.set_dim("nO", model.get_dim("nO"))
+    layer.initialize(X=X, Y=Y)
+    model.set_dim("nO", output_width(layer))
+
+
+def learn_rate_scale_forward(model: Model, X: InT, is_train: bool) -> Tuple[Floats2d, Callable[[Floats2d], InT]]:
+    """The layer's output times the scale; its gradient times the scale too."""
+    scale = model.attrs["scale"]
+    Y, backprop_layer = model.layers[0](X, is_train)
+
+    def backprop(dY: Floats2d) -> InT:
+        return backprop_layer(dY * scale)
+
+    return Y * scale, backprop

@@ -1,7 +1,10 @@
-"""Helpers shared by the project scripts (not part of the spacy-distill package).
+"""Helpers of the project's workflow scripts (``scripts/*.py``, run by ``project.yml``).
 
-The scripts are run as ``python scripts/<name>.py``, so this module is imported
-as ``common`` (the script's folder is on ``sys.path``).
+The scripts are thin typer mains; what they share lives here: the labels of the
+corpus, reading a section of a script config with dotted overrides, the
+language lists of configs and project vars, sizes on disk, and the typer
+runner that passes unknown ``--a.b value`` arguments on as overrides. Writing
+outputs (``atomic_path``, ``write_json`` ...) is :mod:`spacy_distill.io`'s.
 """
 
 from pathlib import Path
@@ -9,10 +12,6 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import typer
 from spacy.util import load_config
-
-# The package's one atomic writer (temp file beside the target, renamed on
-# success, normal file modes), re-exported for the scripts.
-from spacy_distill.io import atomic_path, write_json, write_jsonl, write_text  # noqa: F401
 
 LABELS = ("NEGATIVE", "POSITIVE")
 
@@ -42,6 +41,17 @@ def load_section(config_path: Path, section: str, overrides: Optional[Dict[str, 
     return dict(config[section])
 
 
+def variant_overrides(variant: Dict[str, Any]) -> Dict[str, Any]:
+    """The dotted overrides of one ablation variant (a list of [key, value] pairs in the config).
+
+    variant (Dict[str, Any]): The variant's settings.
+    RETURNS (Dict[str, Any]): Dotted key → value.
+    """
+    # [key, value] pairs rather than a dict: confection re-parses a dict value with
+    # dotted keys as sections when it interpolates.
+    return {str(key): value for key, value in variant.get("overrides", [])}
+
+
 def dir_size(path: Union[str, Path]) -> int:
     """Total size in bytes of a file or of all files under a directory.
 
@@ -62,3 +72,6 @@ def run(main: Callable[..., None]) -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(main)
     app()
+
+
+__all__ = ["LABELS", "dir_size", "load_section", "run", "split_langs", "variant_overrides"]
