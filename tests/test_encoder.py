@@ -13,7 +13,7 @@ import spacy
 from spacy.tokens import DocBin
 from spacy.util import load_config_from_str, load_model_from_config
 
-from spacy_distill.teacher.encoder import length_batches
+from spacy_distill.teacher.encoder import POOLINGS, length_batches, pad_batch, pad_ids, pool
 from spacy_distill.teacher.label import make_scorer
 
 from .util import SOFT_DATA, blank_xx
@@ -79,6 +79,38 @@ def nlp():
 )
 def test_length_batches(lengths, budget, expected):
     assert length_batches(lengths, budget) == expected
+
+
+def test_pad_ids_and_pad_batch():
+    import torch
+
+    input_ids, mask = pad_ids([[5, 6, 7], [8], [9, 10]], pad_id=1)
+    assert input_ids.dtype == mask.dtype == numpy.int64
+    assert input_ids.tolist() == [[5, 6, 7], [8, 1, 1], [9, 10, 1]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    # The torch tensors (SentenceEncoder.v1, fine-tuning) are the numpy arrays (ONNX).
+    tensors = pad_batch([[5, 6, 7], [8], [9, 10]], 1, torch.device("cpu"))
+    assert all(t.dtype == torch.long for t in tensors)
+    assert [t.tolist() for t in tensors] == [input_ids.tolist(), mask.tolist()]
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pool_is_one_formula_for_numpy_and_torch(pooling, normalize):
+    import torch
+
+    hidden = numpy.random.default_rng(0).normal(size=(3, 3, 4)).astype("f")
+    _, mask = pad_ids([[1, 1, 1], [1], [1, 1]], 0)
+    got = pool(hidden, mask, pooling, normalize)
+    assert isinstance(got, numpy.ndarray) and got.dtype == numpy.float32
+    # Mean over the real pieces only (row 1 has one), or the first piece.
+    expected = hidden[:, 0] if pooling == "cls" else numpy.stack([hidden[0].mean(0), hidden[1, 0], hidden[2, :2].mean(0)])
+    if normalize:
+        expected = expected / numpy.linalg.norm(expected, axis=1, keepdims=True)
+    numpy.testing.assert_allclose(got, expected, rtol=1e-5)
+    tensor = pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling, normalize)
+    assert isinstance(tensor, torch.Tensor)
+    numpy.testing.assert_allclose(tensor.numpy(), got, rtol=1e-6, atol=1e-7)
 
 
 def encode(nlp, texts):

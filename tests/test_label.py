@@ -162,7 +162,7 @@ def test_fit_calibration_recovers_a_temperature():
     # factor of 3, which temperature scaling recovers; decisions are unchanged.
     import numpy
 
-    from spacy_distill.pipeline.calibration import Calibration, fit_calibration
+    from spacy_distill.teacher.calibrate import Calibration, fit_calibration
 
     rng = numpy.random.default_rng(0)
     logits, gold = [], []
@@ -185,7 +185,7 @@ def test_fit_calibration_recovers_a_temperature():
 
 
 def test_calibration_file_errors(tmp_path):
-    from spacy_distill.teacher.label import Calibration
+    from spacy_distill.teacher.calibrate import Calibration
 
     with pytest.raises(ValueError, match="not a calibration file"):
         Calibration.from_dict({"scale": 1.0})

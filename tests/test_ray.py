@@ -423,8 +423,8 @@ def test_serve_config_builds() -> None:
     schema = ServeDeploySchema.parse_obj(config)
     assert schema.http_options.host == "127.0.0.1"
     (app,) = schema.applications
-    # The config names the builder by its former module path, which stays an alias.
-    assert app.import_path == "spacy_distill.ray_serving:app_builder"
+    # The config names the builder where it lives.
+    assert app.import_path == "spacy_distill.serving.ray_serve:app_builder"
     module, _, attr = app.import_path.partition(":")
     assert getattr(importlib.import_module(module), attr) is app_builder
     built = app_builder(dict(app.args))

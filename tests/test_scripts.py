@@ -304,7 +304,8 @@ def test_evaluate_systems_reports_calibration(tmp_path):
     from typer.testing import CliRunner
 
     from spacy_distill.evaluation.calibration import reliability
-    from spacy_distill.pipeline.calibration import calibrate_probs, fit_calibration
+    from spacy_distill.pipeline.calibration import calibrate_probs
+    from spacy_distill.teacher.calibrate import fit_calibration
     from spacy_distill.teacher.label import probs_to_logits
 
     from .serving_harness import TRAIN_DATA, save_test_pipeline

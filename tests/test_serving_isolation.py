@@ -233,6 +233,11 @@ def test_stuck_worker_is_killed_and_replaced(live: LiveServer) -> None:
         assert response.status_code == 503 and 0.9 <= seconds < 1.6
         after = _wait_for_restart(live.url, before["restarts"] + 1)
         assert after["pid"] != pid
+        # The kill is counted apart from other restarts, in /status and /metrics.
+        assert after["kills"] == before["kills"] + 1
+        metrics = httpx.get(f"{live.url}/metrics", timeout=10).text
+        assert f'spacy_distill_worker_kills{{model="student"}} {float(after["kills"])}' in metrics
+        assert f'spacy_distill_worker_restarts{{model="student"}} {float(after["restarts"])}' in metrics
         # Killed at the last deadline plus cancel_grace_s, and reaped.
         deadline = time.monotonic() + 10
         while not _gone(pid):
@@ -271,6 +276,8 @@ def test_dead_worker_is_replaced(live_patient: LiveServer) -> None:
     assert response.status_code == 200
     after = _runtime(live.url)
     assert after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"]
+    # Died, not killed: only the restart is counted.
+    assert after["kills"] == before["kills"]
 
 
 def test_thread_mode_still_serves(model_dir: Path) -> None:
@@ -278,6 +285,8 @@ def test_thread_mode_still_serves(model_dir: Path) -> None:
     with LiveServer(create_app({"student": str(model_dir)}, settings)) as server:
         response = httpx.post(f"{server.url}/classify", json={"texts": ["$" * 2000]}, timeout=30)
         assert response.status_code == 200
+        runtime = _runtime(server.url)
+        assert runtime["backend"] == "thread" and runtime["restarts"] == runtime["kills"] == 0
         runtime = _runtime(server.url)
     assert runtime["backend"] == "thread" and runtime["pid"] == os.getpid()
 

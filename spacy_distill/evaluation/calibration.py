@@ -9,8 +9,9 @@ diagrams, and a system's calibration report before and after temperature scaling
   first bin; ECE is the mean over bins of ``|accuracy − mean confidence|``,
   weighted by the share of predictions in the bin.
 * :func:`calibration_report`: a system's test ECE before and after a
-  temperature fitted on dev docs (``spacy_distill.pipeline.calibration``, which
-  also holds the ``distill_calibration`` component that applies one);
+  temperature fitted on dev docs (``spacy_distill.teacher.calibrate``; the
+  ``distill_calibration`` component in ``spacy_distill.pipeline.calibration``
+  applies one);
   :func:`plot_reliability` draws the diagrams of every system.
 """
 
@@ -21,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy
 
 from ..io import atomic_path
-from ..pipeline.calibration import calibrate_probs, fit_calibration
+from ..pipeline.calibration import calibrate_probs
+from ..teacher.calibrate import fit_calibration
 from ..teacher.label import probs_to_logits
 
 DEFAULT_N_BINS = 15

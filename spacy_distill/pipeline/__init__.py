@@ -6,7 +6,8 @@
 * ``tokenizer``: the CJK-aware ``xx`` tokenizer;
 * ``teacher_scores``: the teacher's probabilities and logits carried on a ``Doc``;
 * ``readers``: the corpus reader of teacher-labelled DocBins for ``spacy train``;
-* ``calibration``: temperature scaling, ECE, and the ``distill_calibration`` factory.
+* ``activations``: softmax, sigmoid and the logits of probabilities (one copy of each);
+* ``calibration``: the ``distill_calibration`` factory (fitting one is ``teacher.calibrate``'s).
 
 Nothing is imported here: entry points (or the modules themselves) register the names.
 """

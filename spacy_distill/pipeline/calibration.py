@@ -1,25 +1,24 @@
-"""Calibrated probabilities at serving time: fitting a temperature / Platt scaling, and applying it.
+"""Calibrated probabilities at inference: the ``distill_calibration`` component.
 
-* :func:`fit_calibration`: one scale (1 / temperature) and, optionally, a bias
-  per label, fitted to gold labels at minimum NLL (Guo et al. 2017).
-  Measuring calibration (the expected calibration error and reliability
-  diagrams) is ``spacy_distill.evaluation.calibration``'s.
-* The ``distill_calibration`` component: placed after a text classifier, it
-  rescales ``doc.cats`` with the scale (1 / temperature) and per-label bias of
-  a ``spacy-distill calibrate`` JSON, exactly as ``spacy-distill label
-  --calibration`` rescales the teacher's outputs (``spacy_distill.teacher.label``):
-  exclusive classes (softmax) through their log-probabilities, which equal
-  the logits up to a per-doc constant that the softmax ignores; multi-label
-  classes (sigmoids) through their log-odds, which are the logits. A server
-  can thus return calibrated probabilities; ``spacy-distill
-  calibrate-pipeline`` (``spacy_distill.teacher.cli``) writes a
-  calibrated copy of a pipeline. No torch is needed.
+Placed after a text classifier, it rescales ``doc.cats`` with the scale
+(1 / temperature) and per-label bias of a ``spacy-distill calibrate`` JSON,
+exactly as ``spacy-distill label --calibration`` rescales the teacher's outputs
+(``spacy_distill.teacher.label``): exclusive classes (softmax) through their
+log-probabilities, which equal the logits up to a per-doc constant that the
+softmax ignores; multi-label classes (sigmoids) through their log-odds, which
+are the logits. A server can thus return calibrated probabilities.
+
+Only what a packaged pipeline needs to run lives here (no torch, no teacher
+code). Fitting a calibration (``Calibration``, ``fit_calibration``) and
+``spacy-distill calibrate-pipeline``, which writes a calibrated copy of a
+pipeline, are ``spacy_distill.teacher.calibrate``'s; measuring calibration
+(the expected calibration error, reliability diagrams) is
+``spacy_distill.evaluation.calibration``'s.
 """
 
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -28,175 +27,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import minibatch
 
-from ..io import InputError
-from .teacher_scores import PROB_EPS
-
-# --- fitting a calibration (temperature / Platt scaling) ------------------------------------
-
-
-@dataclass
-class Calibration:
-    """Platt / temperature scaling of the teacher's logits: ``scale · z + bias``.
-
-    A teacher fine-tuned for few steps ranks well but is under-confident (its
-    probabilities stay near uniform), which gives a student almost flat soft
-    targets. Fitting one scale and a bias per label on gold dev docs
-    (minimizing the negative log-likelihood, Guo et al. 2017) restores the
-    teacher's confidence without touching its ranking; the bias also moves its
-    decision threshold to where the dev gold says it belongs.
-
-    scale (float): Multiplier of the logits (1 / temperature).
-    bias (Dict[str, float]): Added per label.
-    exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
-    report (Dict[str, float]): Fit statistics (NLL and accuracy before/after, n_docs).
-    """
-
-    scale: float = 1.0
-    bias: Dict[str, float] = field(default_factory=dict)
-    exclusive_classes: bool = True
-    report: Dict[str, float] = field(default_factory=dict)
-
-    def apply(self, logits: Dict[str, float]) -> Tuple[Dict[str, float], Dict[str, float]]:
-        """Calibrated (probs, logits) from raw logits.
-
-        logits (Dict[str, float]): Raw logits by label.
-        RETURNS (Scores): Calibrated probabilities and logits.
-        """
-        labels = list(logits)
-        z = numpy.asarray([logits[k] * self.scale + self.bias.get(k, 0.0) for k in labels])
-        if self.exclusive_classes:
-            e = numpy.exp(z - z.max())
-            p = e / e.sum()
-        else:
-            p = 1.0 / (1.0 + numpy.exp(-z))
-        return (
-            {k: float(v) for k, v in zip(labels, p)},
-            {k: float(v) for k, v in zip(labels, z)},
-        )
-
-    def to_dict(self) -> Dict:
-        """JSON-serializable form."""
-        return {"scale": self.scale, "bias": self.bias, "exclusive_classes": self.exclusive_classes, "report": self.report}
-
-    @classmethod
-    def from_dict(cls, data: Dict) -> "Calibration":
-        """Load from :meth:`to_dict` output.
-
-        data (Dict): The saved calibration.
-        RETURNS (Calibration): The calibration.
-        """
-        try:
-            return cls(
-                scale=float(data["scale"]),
-                bias={str(k): float(v) for k, v in data["bias"].items()},
-                exclusive_classes=bool(data["exclusive_classes"]),
-                report=dict(data.get("report", {})),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"not a calibration file: {type(e).__name__}: {e}") from None
-
-
-def read_calibration(path: Path) -> Calibration:
-    """Read a calibration JSON written by ``spacy-distill calibrate``.
-
-    path (Path): The file.
-    RETURNS (Calibration): The calibration.
-    """
-    import srsly
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "no such calibration file")
-    try:
-        data = srsly.read_json(path)
-    except ValueError as err:
-        raise InputError(path, None, f"invalid JSON ({err})") from None
-    try:
-        return Calibration.from_dict(data)
-    except ValueError as err:
-        raise InputError(path, None, str(err)) from None
-
-
-def _nll_and_grads(Z: numpy.ndarray, Y: numpy.ndarray, log_a: float, b: numpy.ndarray, exclusive: bool):
-    a = numpy.exp(log_a)
-    S = a * Z + b
-    if exclusive:
-        S = S - S.max(axis=1, keepdims=True)
-        logp = S - numpy.log(numpy.exp(S).sum(axis=1, keepdims=True))
-        P = numpy.exp(logp)
-        nll = -(Y * logp).sum(axis=1).mean()
-    else:
-        P = 1.0 / (1.0 + numpy.exp(-S))
-        eps = 1e-12
-        nll = -(Y * numpy.log(P + eps) + (1 - Y) * numpy.log(1 - P + eps)).sum(axis=1).mean()
-    D = (P - Y) / len(Z)
-    return nll, float((D * Z).sum() * a), D.sum(axis=0), P
-
-
-def fit_calibration(
-    logits: List[Dict[str, float]],
-    gold: List[Dict[str, float]],
-    exclusive_classes: bool,
-    *,
-    fit_bias: bool = False,
-    n_iter: int = 3000,
-    learn_rate: float = 0.05,
-) -> Calibration:
-    """Fit one scale and a bias per label to gold labels (minimum NLL).
-
-    logits (List[Dict[str, float]]): Raw teacher logits per doc.
-    gold (List[Dict[str, float]]): Gold 0/1 cats per doc.
-    exclusive_classes (bool): Softmax (True) or sigmoid (False).
-    fit_bias (bool): Also fit a bias per label (Platt scaling), which can move
-        the teacher's decisions; by default only the scale (temperature
-        scaling), which keeps every decision of the teacher.
-    n_iter (int): Gradient steps (Adam).
-    learn_rate (float): Adam step size.
-    RETURNS (Calibration): The fitted calibration, with a report.
-    """
-    if not logits or len(logits) != len(gold):
-        raise ValueError(f"calibration needs gold docs with teacher logits, got {len(logits)} and {len(gold)}")
-    labels = sorted(logits[0])
-    Z = numpy.asarray([[z[k] for k in labels] for z in logits], dtype="f8")
-    if exclusive_classes:
-        # Softmax ignores a per-doc constant: centre it away for a well-posed fit.
-        Z = Z - Z.mean(axis=1, keepdims=True)
-    Y = numpy.asarray([[g.get(k, 0.0) for k in labels] for g in gold], dtype="f8")
-    params = numpy.zeros(1 + len(labels))
-    m = numpy.zeros_like(params)
-    v = numpy.zeros_like(params)
-    nll0, _, _, P0 = _nll_and_grads(Z, Y, 0.0, params[1:], exclusive_classes)
-    for t in range(1, n_iter + 1):
-        _, ga, gb, _ = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
-        g = numpy.concatenate([[ga], gb if fit_bias else numpy.zeros_like(gb)])
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        params -= learn_rate * (m / (1 - 0.9**t)) / (numpy.sqrt(v / (1 - 0.999**t)) + 1e-12)
-    nll1, _, _, P1 = _nll_and_grads(Z, Y, params[0], params[1:], exclusive_classes)
-
-    def accuracy(P: numpy.ndarray) -> float:
-        if exclusive_classes:
-            return float((P.argmax(axis=1) == Y.argmax(axis=1)).mean())
-        return float(((P > 0.5) == (Y > 0.5)).mean())
-
-    bias = params[1:]
-    if exclusive_classes:
-        bias = bias - bias.mean()
-    return Calibration(
-        scale=float(numpy.exp(params[0])),
-        bias={k: float(b) for k, b in zip(labels, bias)},
-        exclusive_classes=exclusive_classes,
-        report={
-            "n_docs": len(Z),
-            "nll_before": float(nll0),
-            "nll_after": float(nll1),
-            "accuracy_before": accuracy(P0),
-            "accuracy_after": accuracy(P1),
-        },
-    )
-
-
-# --- applying a calibration ---------------------------------------------------------------
+from .activations import logits_from_probs, sigmoid, softmax
 
 
 def calibrate_probs(
@@ -207,9 +38,10 @@ def calibrate_probs(
 ) -> numpy.ndarray:
     """Rescale probabilities: ``softmax(scale · log p + bias)`` or ``sigmoid(scale · logit p + bias)``.
 
-    The same arithmetic as ``Calibration.apply(probs_to_logits(...))`` in
-    ``spacy_distill.teacher.label`` (probabilities clipped to ``[PROB_EPS, 1 − PROB_EPS]``
-    first), for a whole batch at once.
+    The same arithmetic as ``Calibration.apply(probs_to_logits(...))`` of
+    ``spacy_distill.teacher`` (probabilities clipped to ``[PROB_EPS, 1 − PROB_EPS]``
+    first, :func:`~spacy_distill.pipeline.activations.logits_from_probs`), for a
+    whole batch at once.
 
     probs (Union[numpy.ndarray, Sequence[Sequence[float]]]): Probabilities per doc and class.
     scale (float): Multiplier of the logits (1 / temperature).
@@ -217,13 +49,10 @@ def calibrate_probs(
     exclusive_classes (bool): Softmax (True) or independent sigmoids (False).
     RETURNS (numpy.ndarray): Calibrated probabilities, same shape.
     """
-    P = numpy.clip(numpy.asarray(probs, dtype="f8"), PROB_EPS, 1 - PROB_EPS)
-    b = numpy.zeros(P.shape[-1]) if bias is None else numpy.asarray(bias, dtype="f8")
-    if exclusive_classes:
-        S = scale * numpy.log(P) + b
-        E = numpy.exp(S - S.max(axis=-1, keepdims=True))
-        return E / E.sum(axis=-1, keepdims=True)
-    return 1.0 / (1.0 + numpy.exp(-(scale * (numpy.log(P) - numpy.log1p(-P)) + b)))
+    Z = logits_from_probs(probs, exclusive_classes)
+    b = numpy.zeros(Z.shape[-1]) if bias is None else numpy.asarray(bias, dtype="f8")
+    S = scale * Z + b
+    return softmax(S) if exclusive_classes else sigmoid(S)
 
 
 def _same_params(a: Tuple[float, Dict[str, float], bool, List[str]], b: Tuple[float, Dict[str, float], bool, List[str]]) -> bool:

@@ -28,7 +28,8 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.loss import Loss
 from thinc.types import Floats2d
 
-from .losses import DistillLoss, DistillTargets, sigmoid, softmax
+from .activations import logits_from_probs, sigmoid, softmax
+from .losses import DistillLoss, DistillTargets
 from .models import predict_with_token_vectors
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
@@ -73,10 +74,6 @@ nO = null
 DEFAULT_DISTILL_MODEL = Config().from_str(DEFAULT_DISTILL_MODEL_CONFIG)["model"]
 
 DEFAULT_DISTILL_LOSS = {"@losses": "spacy-distill.SoftCrossEntropy.v1", "temperature": 1.0}
-
-# Clip probabilities before taking logs, so a teacher probability of exactly 0
-# or 1 gives a large finite logit instead of inf.
-PROB_EPS = 1e-7
 
 
 def distill_textcat_score(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
@@ -382,10 +379,9 @@ class DistillTextCategorizer(TextCategorizer):
             values = [logits[label] for label in self.labels]
         else:
             assert probs is not None
-            p = numpy.clip([probs[label] for label in self.labels], PROB_EPS, 1 - PROB_EPS)
             # Only probabilities: log-probabilities are the logits up to a
             # per-doc constant (softmax), log-odds are exact (sigmoid).
-            values = list(numpy.log(p) if self.exclusive_classes else numpy.log(p) - numpy.log1p(-p))
+            values = list(logits_from_probs([probs[label] for label in self.labels], self.exclusive_classes))
         if not numpy.all(numpy.isfinite(values)):
             raise ValueError(f"[{self.name}] Doc {i} has non-finite teacher scores {values}: {_snippet(doc)}")
         return values

@@ -23,6 +23,8 @@ from spacy.util import registry
 from thinc.loss import Loss
 from thinc.types import Floats1d, Floats2d
 
+from .activations import sigmoid, softmax
+
 
 @dataclass
 class DistillTargets:
@@ -40,19 +42,6 @@ class DistillTargets:
     gold: Floats2d
     gold_mask: Floats1d
     exclusive_classes: bool = True
-
-
-def softmax(X: Floats2d, temperature: float = 1.0) -> Floats2d:
-    """Row-wise softmax of ``X / temperature``, numerically stable."""
-    Z = X / temperature
-    Z = Z - Z.max(axis=1, keepdims=True)
-    E = numpy.exp(Z)
-    return E / E.sum(axis=1, keepdims=True)
-
-
-def sigmoid(X: Floats2d, temperature: float = 1.0) -> Floats2d:
-    """Element-wise logistic function of ``X / temperature``."""
-    return 1.0 / (1.0 + numpy.exp(-X / temperature))
 
 
 def _xlogy(x: Floats2d, y: Floats2d) -> Floats2d:

@@ -11,12 +11,11 @@ from spacy.training import Example
 from spacy.util import registry
 from spacy.vocab import Vocab
 
+from .activations import PROB_EPS, logits_from_probs, softmax
 from .teacher_scores import (
-    PROB_EPS,
     get_teacher_logits,
     get_teacher_probs,
     has_teacher_scores,
-    logits_from_probs,
     set_teacher_scores,
 )
 
@@ -107,8 +106,7 @@ def _shifted_scores(doc: Doc, labels: List[str], shift: numpy.ndarray) -> Tuple[
     if logits is None:
         logits = dict(zip(labels, logits_from_probs([get_teacher_probs(doc)[k] for k in labels], True)))
     z = numpy.asarray([logits[k] for k in labels], dtype="f8") + shift
-    p = numpy.exp(z - z.max())
-    p /= p.sum()
+    p = softmax(z)
     return dict(zip(labels, p.tolist())), dict(zip(labels, z.tolist()))
 
 

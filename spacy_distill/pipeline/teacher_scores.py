@@ -10,13 +10,9 @@ For convenience the same values are exposed as the extensions
 ``doc._.teacher_probs`` and ``doc._.teacher_logits`` once this module is imported.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
-import numpy
 from spacy.tokens import Doc
-
-#: Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before taking logs.
-PROB_EPS = 1e-7
 
 # The key layout is the one spaCy itself uses for extension values, so
 # ``doc._.teacher_probs`` and these helpers read and write the same slot.
@@ -37,7 +33,8 @@ def set_teacher_scores(
     probs (Dict[str, float]): Teacher probability per label.
     logits (Optional[Dict[str, float]]): Teacher logit per label. Teachers that
         expose only probabilities store log-probabilities (softmax) or
-        log-odds (sigmoid) here: see ``spacy_distill.teacher.label``.
+        log-odds (sigmoid) here: see ``spacy_distill.teacher.label`` and
+        ``spacy_distill.pipeline.activations.logits_from_probs``.
     """
     doc.user_data[PROBS_KEY] = {str(k): float(v) for k, v in probs.items()}
     if logits is not None:
@@ -70,18 +67,3 @@ def has_teacher_scores(doc: Doc) -> bool:
     """
     return PROBS_KEY in doc.user_data or LOGITS_KEY in doc.user_data
 
-
-def logits_from_probs(probs: Sequence[float], exclusive_classes: bool) -> numpy.ndarray:
-    """Logits of a teacher that exposes only probabilities.
-
-    Softmax classes get ``log p`` (the logits up to a per-doc constant, which
-    every distillation loss ignores); sigmoid classes get the log-odds
-    ``log p - log(1 - p)`` (the logits exactly). Probabilities are clipped to
-    ``[PROB_EPS, 1 - PROB_EPS]`` first, so a 0 or 1 gives a finite logit.
-
-    probs (Sequence[float]): Probability per label.
-    exclusive_classes (bool): Softmax (True) or sigmoid (False) outputs.
-    RETURNS (numpy.ndarray): Logit per label (float64).
-    """
-    p = numpy.clip(numpy.asarray(probs, dtype="f8"), PROB_EPS, 1 - PROB_EPS)
-    return numpy.log(p) if exclusive_classes else numpy.log(p) - numpy.log1p(-p)

@@ -1,15 +1,16 @@
-"""Dynamic batching: one batching thread per model.
+"""Dynamic batching: one ``ModelBatcher`` (a thread of the server process) per model.
 
-Requests put jobs on the model's queue and await a future. The model's thread
-takes the first waiting job, then collects more while others are queued, or
-(for at most ``batch_wait_ms``) while requests are still arriving, until the
-batch holds ``max_batch_size`` texts; it hands the batch to the model's
-backend (a worker process by default, see ``runner.py``) and gives each job
-its own slice of the results. With nothing else queued or arriving, a request
-runs at once: a lone client never pays the batch wait. Inference never runs on
-the event loop, a model is only ever used from one thread or process (spaCy
-pipelines are not thread-safe), and concurrent small requests share the
-per-batch overhead.
+Requests put jobs (``jobs.Job``) on the model's queue and await a future. The
+batcher takes the first waiting job, then collects more while others are
+queued, or (for at most ``batch_wait_ms``) while requests are still arriving,
+until the batch holds ``max_batch_size`` texts; it hands the batch to the
+model's runner (its worker process by default, see ``runner.py``) and gives
+each job its own slice of the results. With nothing else queued or arriving,
+a request runs at once: a lone client never pays the batch wait. Inference
+never runs on the event loop, a model is only ever used from one thread or
+process (spaCy pipelines are not thread-safe), and concurrent small requests
+share the per-batch overhead. A job that does not finish fails its future
+with a ``jobs.JobError``, whose outcome the route maps to an HTTP error.
 """
 
 import logging
@@ -19,106 +20,27 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional
 
-from .inference import ModelInfo, NoVectorsError
-from .runner import (
-    COUNTED,
-    EXPIRED,
-    NO_VECTORS,
-    OK,
-    PARTIAL,
-    TASK_CLASSIFY,
-    TASK_ENCODE,
-    TOO_COSTLY,
-    BackendFailure,
-    JobSpec,
-    ProcessBackend,
-    ThreadBackend,
-)
+from .inference import ModelInfo
+from .jobs import Job, JobError, Outcome, Task
+from .runner import Runner
 
 logger = logging.getLogger("spacy_distill.serving")
 
-__all__ = [
-    "TASK_CLASSIFY",
-    "TASK_ENCODE",
-    "QueueFullError",
-    "WorkerClosedError",
-    "InferenceError",
-    "JobExpiredError",
-    "TooCostlyError",
-    "Job",
-    "ModelWorker",
-]
-
-Backend = Union[ProcessBackend, ThreadBackend]
-
-
-class QueueFullError(RuntimeError):
-    """The model's queue is full: the server is overloaded."""
-
-
-class WorkerClosedError(RuntimeError):
-    """The worker is shutting down and takes no new jobs."""
-
-
-class InferenceError(RuntimeError):
-    """The pipeline raised while processing a job's texts."""
-
-
-class JobExpiredError(TimeoutError):
-    """The job passed its deadline before its results were ready."""
-
-
-class TooCostlyError(ValueError):
-    """The job's texts have more tokens than its budget (message says how many)."""
-
-
-@dataclass
-class Job:
-    """One request's texts and what to do with them.
-
-    task (str): "classify" or "encode".
-    texts (List[str]): The texts.
-    pooling (str): Pooling for "encode".
-    deadline (float): ``time.monotonic()`` after which nobody wants the result.
-    future (Future): Receives the list of per-text results.
-    max_tokens (int): Token budget of the whole job.
-    max_tokens_per_text (int): Token budget of one text.
-    """
-
-    task: str
-    texts: List[str]
-    pooling: str = "mean"
-    deadline: float = float("inf")
-    max_tokens: int = sys.maxsize
-    max_tokens_per_text: int = sys.maxsize
-    future: "Future[List[Any]]" = field(default_factory=Future)
-    enqueued: float = field(default_factory=time.perf_counter)
-    # Progress of a job that runs over several batches (see ModelWorker).
-    counted: int = 0
-    tokens: int = 0
-    done: int = 0
-    results: List[Any] = field(default_factory=list)
-    started: bool = False
-
-    @property
-    def remaining(self) -> int:
-        """Texts not yet run through the model."""
-        return len(self.texts) - self.done
+__all__ = ["ModelBatcher"]
 
 
 BatchObserver = Callable[[str, int, int, float], None]
 
 
-class ModelWorker:
-    """Batches one model's jobs in a thread and runs them on its backend.
+class ModelBatcher:
+    """Batches one model's jobs in a thread and runs them on its runner.
 
-    backend (Backend): Where the model runs (``ProcessBackend`` or ``ThreadBackend``).
+    runner (Runner): Where the model runs (``ChildProcessRunner`` or ``InProcessRunner``).
     max_batch_size (int): Most texts per batch.
     batch_wait_s (float): Longest a batch waits for requests still arriving.
-    max_queue (int): Most jobs waiting; more raise QueueFullError.
+    max_queue (int): Most jobs waiting; more are refused (``Outcome.OVERLOADED``).
     observer (Optional[BatchObserver]): Called after each batch with
         ``(model, n_jobs, n_texts, seconds)`` for metrics.
     arriving (Optional[Callable[[], int]]): How many requests are being read
@@ -135,7 +57,7 @@ class ModelWorker:
 
     def __init__(
         self,
-        backend: Backend,
+        runner: Runner,
         *,
         max_batch_size: int,
         batch_wait_s: float,
@@ -146,7 +68,7 @@ class ModelWorker:
         max_rss_mb: float = 0.0,
         slice_tokens: int = sys.maxsize,
     ) -> None:
-        self.backend = backend
+        self.runner = runner
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue = max_queue
@@ -162,7 +84,7 @@ class ModelWorker:
         self._closed = False
         self._lock = threading.Lock()
         self._carry: Optional[Job] = None
-        # Batch statistics for /status; written by the worker thread only.
+        # Batch statistics for /status; written by the batcher thread only.
         self.batches = 0
         self.batched_texts = 0
         self.batched_jobs = 0
@@ -177,8 +99,8 @@ class ModelWorker:
 
     @property
     def info(self) -> ModelInfo:
-        """The model's description (from the backend, which may reload it)."""
-        return self.backend.info
+        """The model's description (from the runner, which may reload it)."""
+        return self.runner.info
 
     @property
     def queue_depth(self) -> int:
@@ -187,7 +109,7 @@ class ModelWorker:
 
     def submit(
         self,
-        task: str,
+        task: Task,
         texts: List[str],
         pooling: str = "mean",
         deadline: Optional[float] = None,
@@ -196,14 +118,16 @@ class ModelWorker:
     ) -> "Future[List[Any]]":
         """Queue a job.
 
-        task (str): "classify" or "encode".
+        task (Task): What to do with the texts.
         texts (List[str]): The texts.
-        pooling (str): Pooling for "encode".
+        pooling (str): Pooling for ``Task.ENCODE``.
         deadline (Optional[float]): ``time.monotonic()`` after which the
             result is no longer wanted (work on it stops); None for none.
-        max_tokens (int): Token budget of the job (TooCostlyError above it).
+        max_tokens (int): Token budget of the job (TOO_COSTLY above it).
         max_tokens_per_text (int): Token budget of one text.
-        RETURNS (Future[List[Any]]): Resolves to one result per text, in order.
+        RETURNS (Future[List[Any]]): Resolves to one result per text, in
+            order, or fails with ``JobError``. A full queue (OVERLOADED) or a
+            closed batcher (CLOSED) raise ``JobError`` here.
         """
         job = Job(
             task=task,
@@ -212,19 +136,23 @@ class ModelWorker:
             deadline=float("inf") if deadline is None else deadline,
             max_tokens=max_tokens,
             max_tokens_per_text=max_tokens_per_text,
+            slice_tokens=self.slice_tokens,
+            future=Future(),
         )
         with self._lock:
             if self._closed:
-                raise WorkerClosedError("the server is shutting down")
+                raise JobError(Outcome.CLOSED, "the server is shutting down")
             if self._queue.qsize() >= self.max_queue:
-                raise QueueFullError(
-                    f"model {self.info.name!r} has {self.max_queue} requests waiting (max_queue)"
+                raise JobError(
+                    Outcome.OVERLOADED,
+                    f"model {self.info.name!r} has {self.max_queue} requests waiting (max_queue)",
                 )
             self._queue.put(job)
+        assert job.future is not None
         return job.future
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Stop taking jobs, finish the queued ones, and stop the thread and backend.
+        """Stop taking jobs, finish the queued ones, and stop the thread and runner.
 
         timeout (Optional[float]): Longest to wait for the queue to drain.
         RETURNS (bool): Whether the thread finished within the timeout.
@@ -236,10 +164,10 @@ class ModelWorker:
                 self._queue.put(None)
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
-        # The thread stops the backend itself; if it did not finish, do it here
+        # The thread stops the runner itself; if it did not finish, do it here
         # so no worker process outlives the server.
         if not finished:
-            self.backend.close(timeout=1.0)
+            self.runner.close(timeout=1.0)
         return finished
 
     def _more_may_come(self) -> bool:
@@ -315,26 +243,32 @@ class ModelWorker:
                     batch = [job for job in batch if self._start(job)]
                     if batch:
                         self._process(batch)
-                        # Between batches: nothing is in flight in the worker now.
-                        self.backend.maintain(self.max_rss_mb)
-                except BaseException:  # noqa: BLE001 - the worker must never die
-                    logger.exception("unexpected error in the %s worker", self.info.name)
+                        # Between batches: nothing is in flight in the worker process now.
+                        self.runner.maintain(self.max_rss_mb)
+                except BaseException:  # noqa: BLE001 - the batcher must never die
+                    logger.exception("unexpected error in the %s batcher", self.info.name)
                     # Nobody may wait forever on a job the error left unanswered.
                     for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(
-                                InferenceError("internal error in the model worker")
-                            )
+                        self._fail(job, JobError(Outcome.FAILED, "internal error in the model worker"))
         finally:
-            self.backend.close()
+            self.runner.close()
 
     @staticmethod
     def _start(job: Job) -> bool:
         # A job that continues from an earlier batch is already running.
         if job.started:
             return True
+        assert job.future is not None
         job.started = job.future.set_running_or_notify_cancel()
         return job.started
+
+    def _fail(self, job: Job, err: JobError) -> None:
+        assert job.future is not None
+        if job.future.done():
+            return
+        if err.outcome is Outcome.EXPIRED:
+            self.expired_jobs += 1
+        job.future.set_exception(err)
 
     def _process(self, batch: List[Job]) -> None:
         start = time.perf_counter()
@@ -342,62 +276,33 @@ class ModelWorker:
         live: List[Job] = []
         for job in batch:
             if job.deadline <= now:
-                self.expired_jobs += 1
-                job.future.set_exception(JobExpiredError("the request timed out in the queue"))
+                self._fail(job, JobError(Outcome.EXPIRED, "the request timed out in the queue"))
             else:
                 live.append(job)
         if not live:
             return
-        specs = [
-            JobSpec(
-                job.task,
-                job.texts[job.done :],
-                job.pooling,
-                job.deadline - now,
-                job.max_tokens,
-                job.max_tokens_per_text,
-                counted=job.counted - job.done,
-                tokens=job.tokens,
-                slice_tokens=self.slice_tokens,
-            )
-            for job in live
-        ]
         kill_at = max(job.deadline for job in live) + self.cancel_grace_s
         n_texts = sum(job.remaining for job in live)
         try:
-            outcomes = self.backend.run(specs, kill_at)
-        except BackendFailure as err:
+            results = self.runner.run([job.rest() for job in live], kill_at)
+        except JobError as err:
+            # The batch was lost (the worker process died or was killed): all its jobs fail.
             for job in live:
-                if err.expired:
-                    self.expired_jobs += 1
-                    job.future.set_exception(JobExpiredError(str(err)))
-                else:
-                    job.future.set_exception(InferenceError(str(err)))
+                self._fail(job, err)
             self._observe(live, n_texts, start)
             return
-        for job, (kind, payload) in zip(live, outcomes):
-            if kind == OK:
-                job.future.set_result(job.results + list(payload) if job.results else payload)
-            elif kind == COUNTED:
-                n_counted, n_tokens = payload
-                job.counted += n_counted
-                job.tokens += n_tokens
-                self._resume.append(job)
-            elif kind == PARTIAL:
-                values, n_done = payload
-                job.results.extend(values)
-                job.done += n_done
-                job.counted = max(job.counted, job.done)
-                self._resume.append(job)
-            elif kind == EXPIRED:
-                self.expired_jobs += 1
-                job.future.set_exception(JobExpiredError("the request timed out"))
-            elif kind == NO_VECTORS:
-                job.future.set_exception(NoVectorsError(payload))
-            elif kind == TOO_COSTLY:
-                job.future.set_exception(TooCostlyError(str(payload)))
+        for job, result in zip(live, results):
+            try:
+                finished = job.advance(result)
+            except JobError as err:
+                self._fail(job, err)
+                continue
+            if finished:
+                assert job.future is not None
+                job.future.set_result(job.results)
             else:
-                job.future.set_exception(InferenceError(str(payload)))
+                # Goes on in a later batch, after the new requests (fairness).
+                self._resume.append(job)
         self._observe(live, n_texts, start)
 
     def _observe(self, batch: List[Job], n_texts: int, start: float) -> None:
@@ -431,13 +336,15 @@ class ModelWorker:
     def runtime(self) -> Dict[str, Any]:
         """Where the model runs, for ``/status``.
 
-        RETURNS (Dict[str, Any]): Backend kind, restarts, process facts.
+        RETURNS (Dict[str, Any]): Runner kind (as ``backend``), restarts,
+            kills, replacements, process facts.
         """
         return {
-            "backend": self.backend.kind,
-            "restarts": self.backend.restarts,
-            "rss_replacements": self.backend.rss_replacements,
+            "backend": self.runner.kind,
+            "restarts": self.runner.restarts,
+            "kills": self.runner.kills,
+            "rss_replacements": self.runner.rss_replacements,
             "max_rss_mb": self.max_rss_mb,
             # Read now, not at load time: memory grows with what was served.
-            **self.backend.current(),
+            **self.runner.current(),
         }

@@ -2,10 +2,10 @@
 
 The decision and the merge are :func:`spacy_distill.cascade.plan` and
 :func:`spacy_distill.cascade.merge`, the same code the offline command and the
-Python API run. In the server, the student's worker scores every text of a
-request; the deferred ones go to the teacher's worker as one job, where they are
+Python API run. In the server, the student's batcher scores every text of a
+request; the deferred ones go to the teacher's batcher as one job, where they are
 batched with other requests' deferred texts. A teacher that fails (its worker
-crashed, is overloaded, closed, or timed out) degrades to the student's answer
+process crashed, it is overloaded, closed, or timed out) degrades to the student's answer
 with ``"teacher_failed": true``: never a 5xx.
 
 A cascade is a setting (``ServeSettings.cascade``)::
@@ -88,17 +88,14 @@ def cli_cascade(
 
 
 def _pipe_names(source: str) -> List[str]:
-    # The server process never loads the models (its workers do); the pipeline's
-    # config says whether it calibrates its own probabilities.
-    from spacy.util import get_package_path, is_package, load_config
+    # The server process never loads the models (their worker processes do);
+    # the pipeline's config says whether it calibrates its own probabilities.
+    from .inference import pipeline_config
 
-    path = Path(source)
-    if not path.is_dir() and is_package(source):
-        package = get_package_path(source)
-        path = next((p.parent for p in package.glob("*/config.cfg")), package)
+    config = pipeline_config(source)
     try:
-        return list(load_config(path / "config.cfg", interpolate=False)["nlp"]["pipeline"])
-    except (OSError, KeyError, ValueError):
+        return list(config["nlp"]["pipeline"]) if config is not None else []
+    except (KeyError, TypeError):
         return []
 
 
@@ -119,8 +116,6 @@ class Cascade:
 
     def __init__(self, student: Any, teacher: Any, *, threshold: float = DEFAULT_THRESHOLD,
                  temperature: float = 1.0, batch_size: int = 64) -> None:
-        from .inference import empty_classify_result
-
         if not temperature > 0:
             raise ValueError(f"cascade: temperature must be > 0, got {temperature}")
         self.student = student
@@ -128,15 +123,20 @@ class Cascade:
         self.threshold = float(threshold)
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
-        # Each model's own answer for a text without tokens, as each server worker gives it.
-        self._empty = {id(student): empty_classify_result(student), id(teacher): empty_classify_result(teacher)}
+        self._runners: Dict[int, Any] = {}
 
     def _run(self, nlp: Any, texts: Sequence[str]) -> List[Dict[str, Any]]:
-        # The server's inference path (text guard, no model run on texts without tokens).
-        from .inference import classify_result, process_texts
+        # The server's runner code, in this process: the same text guard, and each
+        # model's own answer for a text without tokens, as the server gives them.
+        # Made at first use, so a teacher that cannot even be described fails
+        # where __call__ degrades its failures.
+        from .jobs import Job, Task
+        from .runner import InProcessRunner, run_to_end
 
-        empty = self._empty[id(nlp)]
-        return [classify_result(doc) if doc is not None else dict(empty) for doc in process_texts(nlp, texts, self.batch_size)]
+        if id(nlp) not in self._runners:
+            name = "student" if nlp is self.student else "teacher"
+            self._runners[id(nlp)] = InProcessRunner(name, nlp, self.batch_size)
+        return run_to_end(self._runners[id(nlp)], Job(Task.CLASSIFY, list(texts)))
 
     def __call__(self, texts: Iterable[str]) -> List[Dict[str, Any]]:
         """Classify texts: the student on all, the teacher on the deferred ones in one pass.
@@ -201,7 +201,7 @@ class ServerCascade:
     """The cascade endpoint behind ``/classify`` with ``"model": "cascade"``.
 
     cascade (Dict[str, Any]): The setting, as :func:`check_cascade` returns it.
-    state (Any): The app's ``ServerState`` (its workers, settings and metrics registry).
+    state (Any): The app's ``ServerState`` (its batchers, settings and metrics registry).
     """
 
     def __init__(self, cascade: Dict[str, Any], state: Any) -> None:
@@ -236,13 +236,13 @@ class ServerCascade:
             (validation, queueing, timeout, errors as HTTP errors).
         RETURNS (Dict[str, Any]): The response body.
         """
-        from .batching import TASK_CLASSIFY
+        from .jobs import Task
 
         start = time.perf_counter()
         deadline = time.monotonic() + self.state.settings.request_timeout_s
-        student = self.state.worker_for(self.cfg["student"])
+        student = self.state.batcher_for(self.cfg["student"])
         # The student's errors are the request's (as for any model): it answers everything.
-        student_results = await run_job(request, student, TASK_CLASSIFY, texts)
+        student_results = await run_job(request, student, Task.CLASSIFY, texts)
         conf, deferred = plan(student_results, self.cfg["threshold"], self.cfg["temperature"])
         teacher_results: Optional[List[Any]] = []
         if deferred:
@@ -255,17 +255,17 @@ class ServerCascade:
         return {"model": self.name, "elapsed_ms": (time.perf_counter() - start) * 1000.0, "results": results}
 
     async def _teacher(self, texts: List[str], deadline: float) -> Optional[List[Any]]:
-        from .batching import TASK_CLASSIFY
+        from .jobs import Task
 
         try:
-            teacher = self.state.workers[self.cfg["teacher"]]
+            teacher = self.state.batchers[self.cfg["teacher"]]
             # Within the request's own deadline: the cascade never waits longer than a plain request.
             settings = self.state.settings
             # The same per-request token limits as a plain request to the teacher (where the settings have them).
             limits = {key: getattr(settings, name) for key, name in
                       (("max_tokens", "max_tokens_per_request"), ("max_tokens_per_text", "max_tokens_per_text"))
                       if hasattr(settings, name)}
-            future = teacher.submit(TASK_CLASSIFY, texts, deadline=deadline, **limits)
+            future = teacher.submit(Task.CLASSIFY, texts, deadline=deadline, **limits)
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, deadline - time.monotonic()))
         except Exception as err:  # noqa: BLE001 - any teacher failure degrades to the student's answer
             self.teacher_failures.inc()

@@ -482,23 +482,36 @@ def _write_scores(
     *,
     scorer: Optional[Callable[[List[str]], List[Dict[str, Any]]]] = None,
 ) -> int:
-    """Score records into ``tmp`` (with ``scorer``, e.g. a cascade: its results); RETURNS (int): how many."""
+    """Score records into ``tmp`` (with ``scorer``, e.g. a cascade: its results); RETURNS (int): how many.
+
+    Without a scorer, each chunk of records is one job on the server's runner
+    code (``runner.run_to_end`` on an ``InProcessRunner``): the same text
+    guard, batching into ``nlp.pipe`` and answers as ``/classify``.
+    """
     from spacy.util import minibatch
 
     from ..io import record_to_dict
     from ..progress import progress_bar
-    from .inference import classify_result, empty_classify_result, process_texts
+    from .jobs import Job, JobError, Task
+    from .runner import InProcessRunner, run_to_end
 
-    empty = empty_classify_result(nlp)
+    if scorer is None:
+        runner = InProcessRunner(nlp.meta.get("name") or "model", nlp, batch_size)
+
+        def score(texts: List[str]) -> List[Dict[str, Any]]:
+            try:
+                return run_to_end(runner, Job(Task.CLASSIFY, texts))
+            except JobError as err:
+                # The runner logged the traceback; the command fails with one line.
+                fail(f"the model raised an error: {err}")
+
+        scorer = score
+
     n = 0
     bar = progress_bar(total, "classify", unit="text", enabled=progress)
     with tmp.open("w", encoding="utf-8") as out:
         for chunk in minibatch(records, batch_size):
-            if scorer is not None:
-                results = scorer([r.text for r in chunk])
-            else:
-                docs = process_texts(nlp, [r.text for r in chunk], batch_size)
-                results = [classify_result(doc) if doc is not None else dict(empty) for doc in docs]
+            results = scorer([r.text for r in chunk])
             for record, result in zip(chunk, results):
                 out.write(json.dumps(record_to_dict(record, result), ensure_ascii=False) + "\n")
             n += len(chunk)

@@ -10,7 +10,7 @@ training code.
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy
 import spacy
@@ -23,10 +23,6 @@ SOURCE_TENSOR = "tensor"
 SOURCE_TRANSFORMER = "transformer"
 SOURCE_VECTORS = "vectors"
 _PROBE_TEXT = "This is a short probe sentence, used to find the vector width."
-
-
-class NoVectorsError(ValueError):
-    """The model exposes no vectors that ``/encode`` could pool."""
 
 
 @dataclass
@@ -108,6 +104,28 @@ def default_model_name(source: str) -> str:
                 pass
         return path.resolve().name
     return source
+
+
+def pipeline_config(source: Union[str, Path]) -> Optional[Any]:
+    """A pipeline's config, read without loading the pipeline (nor interpolating it).
+
+    The server process never loads the models (their worker processes do):
+    this is how it learns what a pipeline is made of (its components, whether
+    it needs torch).
+
+    source (Union[str, Path]): Package name or path.
+    RETURNS (Optional[Config]): The config, or None if there is none to read.
+    """
+    from spacy.util import get_package_path, is_package, load_config
+
+    path = Path(source)
+    if not path.is_dir() and is_package(str(source)):
+        package = get_package_path(str(source))
+        path = next((p.parent for p in package.glob("*/config.cfg")), package)
+    try:
+        return load_config(path / "config.cfg", interpolate=False)
+    except (OSError, ValueError):
+        return None
 
 
 def parse_model_spec(spec: str) -> "tuple[str, str]":
@@ -284,28 +302,6 @@ def encode_doc(doc: Doc, source: str, width: int, pooling: str) -> List[float]:
         rows = numpy.zeros((0, width), dtype="float32")
     vector = numpy.nan_to_num(_pool(rows, pooling, width), nan=0.0, posinf=0.0, neginf=0.0)
     return vector.astype("float64").tolist()
-
-
-def process_texts(nlp: Language, texts: Sequence[str], batch_size: int) -> List[Optional[Doc]]:
-    """Run texts through the pipeline, leaving out texts without tokens.
-
-    Many models raise on a doc without tokens (pooling over zero rows), and
-    one empty text must not fail a whole batch, so such texts are not run:
-    their slot holds None (see ``empty_classify_result``).
-
-    Texts pass through ``bound_tokenizer_cost`` first (as in the server), so a
-    hostile file cannot stall the tokenizer and results match the server's.
-
-    nlp (Language): The pipeline.
-    texts (Sequence[str]): The texts.
-    batch_size (int): ``nlp.pipe`` batch size.
-    RETURNS (List[Optional[Doc]]): One processed doc (or None) per text, in order.
-    """
-    from .textguard import bound_tokenizer_cost
-
-    docs = [nlp.make_doc(bound_tokenizer_cost(text)) for text in texts]
-    processed = iter(nlp.pipe([doc for doc in docs if len(doc) > 0], batch_size=batch_size))
-    return [next(processed) if len(doc) > 0 else None for doc in docs]
 
 
 def describe(name: str, source: str, nlp: Language) -> ModelInfo:

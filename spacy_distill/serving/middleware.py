@@ -22,7 +22,36 @@ from .state import ARRIVAL_KEY, ServerState
 BATCHED_PATHS = ("/classify", "/encode")
 
 
-class GuardMiddleware:
+class HTTPMiddleware:
+    """An ASGI middleware for HTTP requests only: other scopes (lifespan) pass through.
+
+    app (Any): The ASGI app it wraps.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(
+        self, scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+    async def http(
+        self, scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
+    ) -> None:
+        """Handle one HTTP request (subclasses say how).
+
+        scope (Dict[str, Any]): The request's ASGI scope.
+        receive (Callable[[], Awaitable[Any]]): The ASGI receive channel.
+        send (Any): The ASGI send channel.
+        """
+        await self.app(scope, receive, send)
+
+
+class GuardMiddleware(HTTPMiddleware):
     """Outermost ASGI layer: enforces the header limits, the body size limit
     and the body timeout before anything parses the body, tracks requests
     still arriving (for the batcher), and records every request for /status
@@ -35,17 +64,15 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: Any, state: ServerState, known_paths: Callable[[], "set[str]"]) -> None:
-        self.app = app
+        super().__init__(app)
         self.state = state
         self.known_paths = known_paths
         self._paths: Optional[set[str]] = None
 
-    async def __call__(
+    async def http(
         self, scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
     ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        """Guard, pass on and record one HTTP request (arguments: ``HTTPMiddleware.http``)."""
         start = time.perf_counter()
         path = scope.get("path", "")
         settings = self.state.settings

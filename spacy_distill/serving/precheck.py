@@ -41,6 +41,30 @@ def _scalar(text: str, pos: int) -> "tuple[Any, int]":
         raise json.JSONDecodeError("Expecting value", text, err.value) from None
 
 
+def _key(text: str, pos: int) -> "tuple[str, int]":
+    # An object's key and its colon: the key, and where its value starts.
+    if text[pos : pos + 1] != '"':
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+    key, pos = _DECODER.scan_once(text, pos)
+    return key, _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "Expecting ':' delimiter"))
+
+
+def _open(text: str, pos: int, closer: str) -> "tuple[int, bool]":
+    # Past a container's opener: where its first item starts, or past the closer (True: empty).
+    pos = _skip_ws(text, pos + 1)
+    if text[pos : pos + 1] == closer:
+        return pos + 1, True
+    return pos, False
+
+
+def _after_item(text: str, pos: int, closer: str) -> "tuple[int, bool]":
+    # After a container's item: where the next starts, or past the closer (True: closed).
+    pos = _skip_ws(text, pos)
+    if text[pos : pos + 1] == ",":
+        return _skip_ws(text, pos + 1), False
+    return _expect(text, pos, closer, "Expecting ',' delimiter"), True
+
+
 def _skip_value(text: str, pos: int, budget: List[int], depth: int = 0) -> int:
     # Syntax only, item by item; ``budget[0]`` items at most, then ``OverflowError``.
     budget[0] -= 1
@@ -50,20 +74,12 @@ def _skip_value(text: str, pos: int, budget: List[int], depth: int = 0) -> int:
     if opener not in ("[", "{"):
         return _scalar(text, pos)[1]
     closer = "]" if opener == "[" else "}"
-    pos = _skip_ws(text, pos + 1)
-    if text[pos : pos + 1] == closer:
-        return pos + 1
-    while True:
+    pos, closed = _open(text, pos, closer)
+    while not closed:
         if opener == "{":
-            if text[pos : pos + 1] != '"':
-                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
-            pos = _DECODER.scan_once(text, pos)[1]
-            pos = _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "Expecting ':' delimiter"))
-        pos = _skip_ws(text, _skip_value(text, pos, budget, depth + 1))
-        if text[pos : pos + 1] == ",":
-            pos = _skip_ws(text, pos + 1)
-            continue
-        return _expect(text, pos, closer, "Expecting ',' delimiter")
+            pos = _key(text, pos)[1]
+        pos, closed = _after_item(text, _skip_value(text, pos, budget, depth + 1), closer)
+    return pos
 
 
 def _scan_request(
@@ -94,15 +110,9 @@ def _scan_request(
         return 422, "invalid request: body: Input should be a valid dictionary or object"
     data: Dict[str, Any] = {}
     problems: List[str] = []
-    pos = _skip_ws(text, pos + 1)
-    closed = text[pos : pos + 1] == "}"
-    if closed:
-        pos += 1
+    pos, closed = _open(text, pos, "}")
     while not closed:
-        if text[pos : pos + 1] != '"':
-            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
-        key, pos = _DECODER.scan_once(text, pos)
-        pos = _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "Expecting ':' delimiter"))
+        key, pos = _key(text, pos)
         if key not in fields:
             problems.append(f"{key[:50]}: Extra inputs are not permitted")
             if len(problems) > _MAX_ERRORS:
@@ -113,10 +123,7 @@ def _scan_request(
                 break  # refused anyway; the rest need not be read
         elif key == "texts" and text[pos : pos + 1] == "[":
             texts: List[str] = []
-            pos = _skip_ws(text, pos + 1)
-            done = text[pos : pos + 1] == "]"
-            if done:
-                pos += 1
+            pos, done = _open(text, pos, "]")
             while not done:
                 if len(texts) >= max_texts:
                     return 413, f"too many texts: more than {max_texts} > max_texts={max_texts}"
@@ -129,12 +136,7 @@ def _scan_request(
                     problems.append(f"texts.{len(texts)}: must be a string, got {kind}")
                     return 422, "invalid request: " + "; ".join(problems)
                 texts.append(item)
-                pos = _skip_ws(text, pos)
-                if text[pos : pos + 1] == ",":
-                    pos = _skip_ws(text, pos + 1)
-                    continue
-                pos = _expect(text, pos, "]", "Expecting ',' delimiter")
-                done = True
+                pos, done = _after_item(text, pos, "]")
             data[key] = texts
         else:
             try:
@@ -143,12 +145,7 @@ def _scan_request(
                 # No field takes a list or object but texts: stop here.
                 problems.append(f"{key[:50]}: Input should be a valid string or null")
                 break
-        pos = _skip_ws(text, pos)
-        if text[pos : pos + 1] == ",":
-            pos = _skip_ws(text, pos + 1)
-            continue
-        pos = _expect(text, pos, "}", "Expecting ',' delimiter")
-        closed = True
+        pos, closed = _after_item(text, pos, "}")
     if closed and _skip_ws(text, pos) != len(text):
         raise json.JSONDecodeError("Extra data", text, _skip_ws(text, pos))
     if closed and "texts" not in data:

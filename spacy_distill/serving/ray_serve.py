@@ -50,6 +50,7 @@ from fastapi import FastAPI
 
 from ..ray_connect import connect
 from .app import create_app
+from .middleware import HTTPMiddleware
 from .settings import TOKEN_ENV_VAR, ServeSettings
 
 logger = logging.getLogger("spacy_distill.ray")
@@ -60,7 +61,7 @@ REPLICA_HEADER = "X-Replica"
 NODE_HEADER = "X-Ray-Node"
 
 
-class _ReplicaHeaders:
+class _ReplicaHeaders(HTTPMiddleware):
     """ASGI middleware adding the replica and node ids to every HTTP response.
 
     app (Any): The wrapped ASGI app.
@@ -69,18 +70,16 @@ class _ReplicaHeaders:
     """
 
     def __init__(self, app: Any, replica: str, node: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.headers = [
             (REPLICA_HEADER.lower().encode(), replica.encode()),
             (NODE_HEADER.lower().encode(), node.encode()),
         ]
 
-    async def __call__(
+    async def http(
         self, scope: Dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
     ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        """Pass the request on; add the headers to its response (arguments: ``HTTPMiddleware.http``)."""
 
         async def send_with_headers(message: Dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

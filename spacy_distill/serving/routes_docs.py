@@ -11,7 +11,7 @@ import functools
 import html
 import importlib.util
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -67,31 +67,37 @@ async def index(request: Request) -> HTMLResponse:
     return HTMLResponse(_index_html().replace("__AUTH_REQUIRED__", auth))
 
 
-@router.get("/docs")
-async def swagger(request: Request) -> HTMLResponse:
+def _docs_page(request: Request, page: Callable[..., HTMLResponse], **assets: str) -> HTMLResponse:
+    # FastAPI's page with its scripts from /docs-assets, or the plain page without them.
     if docs_assets() is None:
         return _plain(request)
     root = request.scope.get("root_path", "")
-    return get_swagger_ui_html(
+    return page(
         openapi_url=f"{root}/openapi.json",
-        title=f"{request.app.title} - Swagger UI",
-        swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
-        swagger_favicon_url=f"{root}/docs-assets/favicon.png",
+        **{name: f"{root}/docs-assets/{file}" for name, file in assets.items()},
+    )
+
+
+@router.get("/docs")
+async def swagger(request: Request) -> HTMLResponse:
+    return _docs_page(
+        request,
+        functools.partial(get_swagger_ui_html, title=f"{request.app.title} - Swagger UI"),
+        swagger_js_url="swagger-ui-bundle.js",
+        swagger_css_url="swagger-ui.css",
+        swagger_favicon_url="favicon.png",
     )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    if docs_assets() is None:
-        return _plain(request)
-    root = request.scope.get("root_path", "")
-    return get_redoc_html(
-        openapi_url=f"{root}/openapi.json",
-        title=f"{request.app.title} - ReDoc",
-        redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
-        redoc_favicon_url=f"{root}/docs-assets/favicon.png",
-        with_google_fonts=False,
+    return _docs_page(
+        request,
+        functools.partial(
+            get_redoc_html, title=f"{request.app.title} - ReDoc", with_google_fonts=False
+        ),
+        redoc_js_url="redoc.standalone.js",
+        redoc_favicon_url="favicon.png",
     )
 
 

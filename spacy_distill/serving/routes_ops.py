@@ -34,9 +34,9 @@ async def health() -> Dict[str, str]:
 )
 async def ready(state: ServerState = Depends(get_state)) -> JSONResponse:
     if state.ready.is_set():
-        return JSONResponse({"ready": True, "models": list(state.workers)})
+        return JSONResponse({"ready": True, "models": list(state.batchers)})
     return JSONResponse(
-        {"ready": False, "models": list(state.workers), "detail": state.not_ready_message()},
+        {"ready": False, "models": list(state.batchers), "detail": state.not_ready_message()},
         status_code=503,
     )
 

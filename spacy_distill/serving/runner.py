@@ -1,31 +1,37 @@
-"""Where inference runs: in a worker process per model (default) or in a thread.
+"""Where inference runs: in a child process per model (default) or in this process.
 
 spaCy holds the GIL while it tokenizes and runs most of a pipeline, so a
 request that takes seconds would freeze the HTTP event loop (``/health``
 included) if inference ran in a thread of the server process, and no timeout
-could fire. ``ProcessBackend`` runs each model in a child process of its own:
-the server process only parses HTTP, queues jobs, batches them and sends each
-batch over a socket pair, so its event loop stays free whatever a request costs.
+could fire. ``ChildProcessRunner`` runs each model in a child process of its
+own (the "worker process" of the docs and of ``max_worker_rss_mb``): the
+server process only parses HTTP, queues jobs, batches them (``ModelBatcher``)
+and sends each batch over a socket pair, so its event loop stays free whatever
+a request costs.
 
 Work is stopped, not left running, once nobody waits for it:
 
-* every job carries its remaining time; the child checks it before each text
-  it tokenizes and before each ``nlp.pipe`` minibatch, and drops expired jobs
+* every job carries its deadline; the child checks it before each text it
+  tokenizes and before each ``nlp.pipe`` minibatch, and drops expired jobs
   (with ``bound_tokenizer_cost`` no text takes more than ~100 ms to tokenize);
 * if the child has not answered ``cancel_grace_s`` after the last deadline of
   its batch (a pipeline stuck in one long call), it is killed and restarted.
 
 The child is started with ``python -c`` (not multiprocessing), so nothing of the
-server process is re-imported in it, and by default it blocks ``torch`` before
-spaCy is imported (thinc imports torch whenever it is installed): a torch-free
-student is then served without torch, scikit-learn or scipy in memory. A
-pipeline that fails to load that way (a transformer teacher) is loaded again
-in a child that allows torch.
+server process is re-imported in it. Whether it may import ``torch`` is decided
+from the pipeline's config before it starts (``torch_needed``): a torch-free
+student is served with torch blocked (thinc imports torch whenever it is
+installed), so without torch, scikit-learn or scipy in memory; a pipeline whose
+config names torch-backed code (a transformer teacher) gets a child that
+allows it. A lean child whose pipeline imports torch all the same (third-party
+code the config does not reveal) reports that ``ImportError`` and is started
+again with torch.
 
-``ThreadBackend`` keeps the pipeline in the server process (used for pipelines
-passed as ``Language`` objects, and with ``inference="thread"``): the same job
-code runs in the model's batching thread, so deadlines still stop work between
-texts, but a long call holds the GIL.
+``InProcessRunner`` keeps the pipeline in the server process (used for
+pipelines passed as ``Language`` objects, with ``inference="thread"``, and by
+the offline ``classify`` command): the same job code runs in the calling
+thread, so deadlines still stop work between texts, but a long call holds the
+GIL.
 """
 
 import json
@@ -35,9 +41,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .jobs import Job, JobError, Outcome, Result, Task, vectors_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from spacy.language import Language
@@ -46,75 +53,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("spacy_distill.serving")
 
-TASK_CLASSIFY = "classify"
-TASK_ENCODE = "encode"
-
-# Outcome kinds a job can end with (first item of an ``Outcome``).
-OK = "ok"
-EXPIRED = "expired"
-NO_VECTORS = "no_vectors"
-FAILED = "failed"
-# Over the request's token budget (payload: the message naming limit and cost).
-TOO_COSTLY = "too_costly"
-# Not finished in this batch, to be sent again with the rest (fair scheduling):
-# COUNTED: payload (texts counted, their tokens); PARTIAL: (results, texts done).
-COUNTED = "counted"
-PARTIAL = "partial"
 # Characters a job may tokenize for its budget count in one batch before it
 # yields to other requests (bounded tokenizer: a few ms).
 COUNT_CHARS_PER_BATCH = 5_000
-Outcome = Tuple[str, Any]
 
 # Most tokens in one nlp.pipe minibatch (see _minibatches): about 50 ms of the
 # default student on a 2-core machine.
 MAX_MINIBATCH_TOKENS = 16_384
 # Modules a torch-free student should never pull in (reported by /status).
 HEAVY_MODULES = ("torch", "sklearn", "scipy", "transformers", "spacy_transformers")
-
-
-@dataclass
-class JobSpec:
-    """One request's work, as sent to where the model runs.
-
-    task (str): "classify" or "encode".
-    texts (List[str]): The texts.
-    pooling (str): Pooling for "encode".
-    budget_s (float): Seconds left before the request gives up.
-    max_tokens (int): Most tokens of all its texts together (after the
-        bounded tokenizer); more and it is refused before the model runs.
-    max_tokens_per_text (int): Most tokens of one text.
-    counted (int): How many of ``texts`` (from the start) were already
-        counted against the budget in earlier batches.
-    tokens (int): Their tokens.
-    slice_tokens (int): Most tokens run through the model for this job in
-        this batch (at least one text): the rest comes back as PARTIAL.
-    """
-
-    task: str
-    texts: List[str]
-    pooling: str
-    budget_s: float
-    max_tokens: int = sys.maxsize
-    max_tokens_per_text: int = sys.maxsize
-    counted: int = 0
-    tokens: int = 0
-    slice_tokens: int = sys.maxsize
+# Packages whose registered functions and factories need torch.
+TORCH_PACKAGES = ("torch", "spacy_transformers", "spacy_curated_transformers")
+# This package's own torch-backed layers (the teacher's encoders; the ONNX
+# encoder runs on ONNX Runtime alone). Their module also holds the ONNX one,
+# so they are named one by one rather than by module.
+TORCH_NAMES = ("spacy-distill.SentenceEncoder.v1", "spacy-distill.QuantizedSentenceEncoder.v1")
+# Entry point groups that hold registered functions a config may name.
+_REGISTRY_GROUPS = ("spacy_factories", "spacy_architectures", "thinc_layers", "spacy_misc")
 
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded (message says why)."""
-
-
-class BackendFailure(RuntimeError):
-    """The batch was lost: the worker process died or was killed.
-
-    expired (bool): True if it was killed because every job of the batch
-        had passed its deadline.
-    """
-
-    def __init__(self, message: str, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -180,17 +139,18 @@ def _minibatches(
 
 
 def _tokenize_job(
-    nlp: "Language", info: "ModelInfo", job: JobSpec, deadline: float
-) -> Tuple[Optional[Outcome], List[Any]]:
+    nlp: "Language", info: "ModelInfo", job: Job
+) -> Tuple[Optional[Result], List[Any]]:
     """Count a job's tokens against its budget, then tokenize this batch's slice.
 
     The model costs time per token (tokenizing is bounded, the model is not),
     so every text is counted before any of the job's texts reaches the model,
     ``COUNT_CHARS_PER_BATCH`` characters per batch; then at most
     ``slice_tokens`` tokens run per batch. Between batches other requests
-    are served.
+    are served. A job without a budget (the offline command's) is not counted:
+    counting could refuse nothing.
 
-    RETURNS (Tuple[Optional[Outcome], List[Any]]): An outcome if the job ends
+    RETURNS (Tuple[Optional[Result], List[Any]]): A result if the job ends
         or yields here (None: run the docs), and the docs to run (None for a
         text without tokens).
     """
@@ -203,13 +163,16 @@ def _tokenize_job(
             made[k] = nlp.make_doc(bound_tokenizer_cost(job.texts[k]))
         return made[k]
 
-    counted, n_tokens, chars = job.counted, job.tokens, 0
+    counted = job.counted if job.budgeted else len(job.texts)
+    n_tokens, chars = job.tokens, 0
     try:
         while counted < len(job.texts):
             if chars >= COUNT_CHARS_PER_BATCH:
-                return (COUNTED, (counted - job.counted, n_tokens - job.tokens)), []
-            if time.monotonic() > deadline:
-                return (EXPIRED, None), []
+                return Result(
+                    Outcome.COUNTED, counted=counted - job.counted, tokens=n_tokens - job.tokens
+                ), []
+            if time.monotonic() > job.deadline:
+                return Result(Outcome.EXPIRED, message="the request timed out"), []
             doc = make(counted)
             n_tokens += len(doc)
             if len(doc) > job.max_tokens_per_text:
@@ -219,21 +182,21 @@ def _tokenize_job(
                     f"texts[{counted}] has {len(doc)} tokens > max_tokens_per_text="
                     f"{job.max_tokens_per_text}"
                 )
-                return (TOO_COSTLY, message), []
+                return Result(Outcome.TOO_COSTLY, message=message), []
             if n_tokens > job.max_tokens:
                 # Stop counting here: the rest need not be tokenized to refuse it.
                 message = (
                     f"the request has at least {n_tokens} tokens (counted up to "
                     f"texts[{counted}]) > max_tokens_per_request={job.max_tokens}"
                 )
-                return (TOO_COSTLY, message), []
+                return Result(Outcome.TOO_COSTLY, message=message), []
             chars += len(job.texts[counted])
             counted += 1
         docs: List[Any] = []
         ran = 0
         for k in range(len(job.texts)):
-            if time.monotonic() > deadline:
-                return (EXPIRED, None), []
+            if time.monotonic() > job.deadline:
+                return Result(Outcome.EXPIRED, message="the request timed out"), []
             doc = make(k)
             if docs and ran + len(doc) > job.slice_tokens:
                 break
@@ -242,12 +205,32 @@ def _tokenize_job(
         return None, docs
     except Exception:  # noqa: BLE001 - reported to that request only
         logger.exception("model %s: the tokenizer failed on a text", info.name)
-        return (FAILED, "the tokenizer raised an error on these texts"), []
+        return Result(Outcome.FAILED, message="the tokenizer raised an error on these texts"), []
+
+
+def _values(info: "ModelInfo", job: Job, docs: List[Any]) -> List[Any]:
+    """The per-text answers of a job's processed docs (None: a text without tokens)."""
+    import copy
+
+    from .inference import classify_result, encode_doc
+
+    if job.task is Task.CLASSIFY:
+        return [
+            classify_result(doc) if doc is not None else copy.deepcopy(info.empty_result)
+            for doc in docs
+        ]
+    zeros = [0.0] * info.vector_width
+    return [
+        encode_doc(doc, str(info.vector_source), info.vector_width, job.pooling)
+        if doc is not None
+        else list(zeros)
+        for doc in docs
+    ]
 
 
 def run_jobs(
-    nlp: "Language", info: "ModelInfo", jobs: Sequence[JobSpec], batch_size: int
-) -> List[Outcome]:
+    nlp: "Language", info: "ModelInfo", jobs: Sequence[Job], batch_size: int
+) -> List[Result]:
     """Run a batch of jobs through a pipeline, dropping jobs that expire.
 
     Texts are tokenized one at a time (after ``bound_tokenizer_cost``) and the
@@ -260,38 +243,26 @@ def run_jobs(
 
     nlp (Language): The pipeline.
     info (ModelInfo): Its description (vector source, empty result).
-    jobs (Sequence[JobSpec]): The jobs.
+    jobs (Sequence[Job]): The jobs (``Job.rest()`` of each).
     batch_size (int): Docs per ``nlp.pipe`` minibatch.
-    RETURNS (List[Outcome]): Per job, ``("ok", results)``, ``("expired",
-        None)``, ``("no_vectors", message)``, ``("failed", message)``,
-        ``("too_costly", message)``, or, when the job continues in a later
-        batch, ``("counted", (texts, tokens))`` or ``("partial", (results,
-        texts))``.
+    RETURNS (List[Result]): One per job: OK, an error outcome, or, when the
+        job goes on in a later batch, COUNTED or PARTIAL.
     """
-    import copy
-
-    from .inference import classify_result, encode_doc
-
-    start = time.monotonic()
-    deadlines = [start + job.budget_s for job in jobs]
-    outcomes: List[Optional[Outcome]] = [None] * len(jobs)
+    outcomes: List[Optional[Result]] = [None] * len(jobs)
     docs: List[List[Any]] = [[] for _ in jobs]
     for i, job in enumerate(jobs):
-        if job.task == TASK_ENCODE and info.vector_source is None:
-            outcomes[i] = (
-                NO_VECTORS,
-                f"model {info.name!r} exposes no vectors: no doc.tensor, "
-                "no transformer output and no word vectors",
-            )
+        refused = vectors_error(info) if job.task is Task.ENCODE else None
+        if refused is not None:
+            outcomes[i] = Result(refused.outcome, message=refused.message)
             continue
-        outcomes[i], docs[i] = _tokenize_job(nlp, info, job, deadlines[i])
+        outcomes[i], docs[i] = _tokenize_job(nlp, info, job)
     todo = [(i, k) for i in range(len(jobs)) if outcomes[i] is None for k, d in enumerate(docs[i])]
     todo = [(i, k) for i, k in todo if docs[i][k] is not None]
     for planned in _minibatches(todo, docs, batch_size):
         now = time.monotonic()
-        for i in range(len(jobs)):
-            if outcomes[i] is None and now > deadlines[i]:
-                outcomes[i] = (EXPIRED, None)
+        for i, job in enumerate(jobs):
+            if outcomes[i] is None and now > job.deadline:
+                outcomes[i] = Result(Outcome.EXPIRED, message="the request timed out")
         chunk = [(i, k) for i, k in planned if outcomes[i] is None]
         if not chunk:
             continue
@@ -304,42 +275,48 @@ def run_jobs(
                     alone = list(nlp.pipe([docs[i][k] for i, k in part], batch_size=len(part)))
                 except Exception:  # noqa: BLE001
                     logger.exception("model %s failed on a request", info.name)
-                    outcomes[job_index] = (FAILED, "the model raised an error on these texts")
+                    outcomes[job_index] = Result(
+                        Outcome.FAILED, message="the model raised an error on these texts"
+                    )
                     continue
                 for (i, k), doc in zip(part, alone):
                     docs[i][k] = doc
             continue
         for (i, k), doc in zip(chunk, done):
             docs[i][k] = doc
-    results: List[Outcome] = []
+    results: List[Result] = []
     for i, job in enumerate(jobs):
         outcome = outcomes[i]
         if outcome is not None:
             results.append(outcome)
             continue
         try:
-            if job.task == TASK_CLASSIFY:
-                values: List[Any] = [
-                    classify_result(doc) if doc is not None else copy.deepcopy(info.empty_result)
-                    for doc in docs[i]
-                ]
-            elif job.task == TASK_ENCODE:
-                zeros = [0.0] * info.vector_width
-                values = [
-                    encode_doc(doc, str(info.vector_source), info.vector_width, job.pooling)
-                    if doc is not None
-                    else list(zeros)
-                    for doc in docs[i]
-                ]
-            else:
-                raise ValueError(f"unknown task {job.task!r}")
+            values = _values(info, job, docs[i])
         except Exception as err:  # noqa: BLE001 - reported to that request only
             logger.exception("model %s: could not build the results", info.name)
-            results.append((FAILED, f"{type(err).__name__}: {err}"))
+            results.append(Result(Outcome.FAILED, message=f"{type(err).__name__}: {err}"))
             continue
         # Texts beyond this batch's slice come back in a later batch.
-        results.append((OK, values) if len(docs[i]) == len(job.texts) else (PARTIAL, (values, len(docs[i]))))
+        if len(docs[i]) == len(job.texts):
+            results.append(Result(Outcome.OK, values))
+        else:
+            results.append(Result(Outcome.PARTIAL, values, done=len(docs[i])))
     return results
+
+
+def run_to_end(runner: "Runner", job: Job) -> List[Any]:
+    """Run one job on a runner until it is finished, as ``ModelBatcher`` does over batches.
+
+    The offline ``classify`` command and the offline cascade score files this
+    way: the server's code path, with one job per chunk of the file.
+
+    runner (Runner): Where the model runs.
+    job (Job): The job.
+    RETURNS (List[Any]): One result per text; an error outcome raises ``JobError``.
+    """
+    while not job.advance(runner.run([job.rest()], kill_at=float("inf"))[0]):
+        pass
+    return job.results
 
 
 def process_report(lean: bool) -> Dict[str, Any]:
@@ -357,39 +334,91 @@ def process_report(lean: bool) -> Dict[str, Any]:
     }
 
 
-def _allow_missing_entry_points() -> None:
-    """Skip entry points whose import fails, instead of failing every load.
+def _config_names(config: Any) -> List[str]:
+    """Every component factory and registered function a pipeline config names."""
+    names: List[str] = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if (key == "factory" or key.startswith("@")) and isinstance(value, str):
+                    names.append(value)
+                stack.append(value)
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return names
 
-    spaCy imports every ``spacy_factories`` entry point when a pipeline is
-    created, spacy-transformers' among them; with torch blocked that import
-    fails, and a pipeline that does not use those factories must still load.
+
+def _torch_entry_points() -> Dict[str, List[Any]]:
+    """Per entry point group, the entry points provided by torch-backed packages."""
+    from importlib.metadata import entry_points
+
+    found: Dict[str, List[Any]] = {}
+    for group in _REGISTRY_GROUPS:
+        for entry_point in entry_points(group=group):
+            if entry_point.value.split(".", 1)[0].split(":", 1)[0] in TORCH_PACKAGES:
+                found.setdefault(group, []).append(entry_point)
+    return found
+
+
+def torch_needed(source: str) -> bool:
+    """Whether a pipeline's config names code that needs torch.
+
+    Decided from the config alone, before any child starts: a component
+    factory or registered function of a torch-backed package (found by the
+    entry point that provides it), one of this package's torch-backed layers,
+    or one of thinc's PyTorch wrappers.
+
+    source (str): Package name or path of the pipeline.
+    RETURNS (bool): True if it needs torch; False if not, or if its config
+        cannot be read (the load itself will say why).
     """
-    import catalogue
+    from .inference import pipeline_config
 
-    def get_entry_points(self: Any) -> Dict[str, Any]:
-        result = {}
-        for entry_point in self._get_entry_points():
-            try:
-                result[entry_point.name] = entry_point.load()
-            except ImportError:
-                continue
-        return result
-
-    catalogue.Registry.get_entry_points = get_entry_points  # type: ignore[method-assign]
-
-
-def _may_need_torch(err: BaseException) -> bool:
-    """Whether a load that failed with torch blocked could work with it.
-
-    True for import errors and for what spaCy and thinc say when a
-    registered function or factory is missing (its entry point was skipped).
-    """
-    if isinstance(err, ImportError):
-        return True
-    text = str(err)
-    return type(err).__name__ == "RegistryError" or any(
-        marker in text for marker in ("[E002]", "Could not find function", "torch", "PyTorch")
+    config = pipeline_config(source)
+    if config is None:
+        return False
+    provided = {ep.name for eps in _torch_entry_points().values() for ep in eps}
+    return any(
+        name in provided or name in TORCH_NAMES or "PyTorch" in name
+        for name in _config_names(config)
     )
+
+
+def _imports_torch(err: BaseException) -> bool:
+    """Whether a failed load failed on importing torch (the exception, or one it came from)."""
+    seen: Optional[BaseException] = err
+    for _ in range(20):
+        if seen is None:
+            return False
+        name = getattr(seen, "name", None) if isinstance(seen, ImportError) else None
+        if name is not None and name.split(".", 1)[0] == "torch":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _load_factories_without_torch() -> None:
+    """Load the component factories of every torch-free package, and only those.
+
+    spaCy imports every ``spacy_factories`` entry point when it creates a
+    pipeline; with torch blocked, a torch-backed package's import fails and
+    would fail every load. So this child imports the others' entry points
+    itself and turns that one registry's entry point scan off: no other
+    registry, and no other process, is touched.
+    """
+    from importlib.metadata import entry_points
+
+    from spacy.util import registry
+
+    skipped = {ep.name for ep in _torch_entry_points().get("spacy_factories", [])}
+    for entry_point in entry_points(group="spacy_factories"):
+        if entry_point.name not in skipped:
+            entry_point.load()
+    factories = getattr(registry, "_entry_point_factories", None)
+    if factories is not None:
+        factories.entry_points = False
 
 
 def child_main(fd: int, name: str, source: str, batch_size: int, lean: bool) -> None:
@@ -409,13 +438,14 @@ def child_main(fd: int, name: str, source: str, batch_size: int, lean: bool) -> 
     conn = Connection(fd)
     try:
         if lean:
-            _allow_missing_entry_points()
+            _load_factories_without_torch()
         from .inference import describe, load_pipeline
 
         nlp = load_pipeline(source)
         info = describe(name, source, nlp)
     except BaseException as err:  # noqa: BLE001 - reported to the server process
-        conn.send(("load_error", f"{type(err).__name__}: {err}", lean and _may_need_torch(err)))
+        # Only a lean child that failed on importing torch is worth starting again with it.
+        conn.send(("load_error", f"{type(err).__name__}: {err}", lean and _imports_torch(err)))
         return
     conn.send(("ready", info, process_report(lean)))
     while True:
@@ -429,7 +459,9 @@ def child_main(fd: int, name: str, source: str, batch_size: int, lean: bool) -> 
             outcomes = run_jobs(nlp, info, message, batch_size)
         except BaseException as err:  # noqa: BLE001 - the worker must answer
             logger.exception("model %s: internal error", name)
-            outcomes = [(FAILED, f"internal error: {type(err).__name__}")] * len(message)
+            outcomes = [
+                Result(Outcome.FAILED, message=f"internal error: {type(err).__name__}")
+            ] * len(message)
         try:
             conn.send(outcomes)
         except (EOFError, OSError):
@@ -449,8 +481,8 @@ child_main(args["fd"], args["name"], args["source"], args["batch_size"], args["l
 """
 
 
-class ThreadBackend:
-    """Runs the pipeline in the calling (batching) thread of the server process.
+class InProcessRunner:
+    """Runs the pipeline in the calling thread (the model's batcher, or the offline command).
 
     name (str): Model name.
     source (Any): Package name, path or loaded ``Language``.
@@ -458,6 +490,10 @@ class ThreadBackend:
     """
 
     kind = "thread"
+    # Nothing to restart, kill or replace: shown as zeros beside the child's counts.
+    restarts = 0
+    kills = 0
+    rss_replacements = 0
 
     def __init__(self, name: str, source: Any, batch_size: int) -> None:
         from spacy.language import Language
@@ -471,19 +507,16 @@ class ThreadBackend:
         except Exception as err:  # noqa: BLE001 - reported by /ready
             raise ModelLoadError(f"{type(err).__name__}: {err}") from err
         self.batch_size = batch_size
-        self.restarts = 0
         self.process: Dict[str, Any] = {"pid": os.getpid(), "in_server_process": True}
 
-    def run(self, jobs: Sequence[JobSpec], kill_at: float) -> List[Outcome]:
+    def run(self, jobs: Sequence[Job], kill_at: float) -> List[Result]:
         """Run a batch (``kill_at`` is ignored: a thread cannot be killed).
 
-        jobs (Sequence[JobSpec]): The jobs.
+        jobs (Sequence[Job]): The jobs.
         kill_at (float): Unused.
-        RETURNS (List[Outcome]): One outcome per job.
+        RETURNS (List[Result]): One result per job.
         """
         return run_jobs(self.nlp, self.info, jobs, self.batch_size)
-
-    rss_replacements = 0
 
     def current(self) -> Dict[str, Any]:
         """``process`` with the current resident memory.
@@ -504,15 +537,16 @@ class ThreadBackend:
         """Nothing to stop."""
 
 
-class ProcessBackend:
-    """Runs the pipeline in a child process; kills and restarts it when stuck.
+class ChildProcessRunner:
+    """Runs the pipeline in a child process (the model's worker process); kills and restarts it when stuck.
 
-    Used only from the model's batching thread (and ``close`` after it stopped).
+    Used only from the model's batcher thread (and ``close`` after it stopped).
 
     name (str): Model name.
     source (str): Package name or path.
     batch_size (int): ``nlp.pipe`` minibatch size.
-    lean (bool): Try loading with torch blocked first.
+    lean (bool): Block torch in the child unless the pipeline's config needs
+        it (``torch_needed``).
     """
 
     kind = "process"
@@ -522,7 +556,9 @@ class ProcessBackend:
         self.source = str(source)
         self.batch_size = batch_size
         self.lean = lean
+        # Every new child after the first (kills and replacements included).
         self.restarts = 0
+        # Killed for running past every deadline of its batch (also in restarts).
         self.kills = 0
         # Replaced because their memory passed max_worker_rss_mb (also in restarts).
         self.rss_replacements = 0
@@ -556,7 +592,10 @@ class ProcessBackend:
         return proc, conn
 
     def _start(self) -> "ModelInfo":
-        attempts = [True, False] if self.lean else [False]
+        # Decided once from the config; started again with torch only if the
+        # lean child reports that its pipeline imported torch all the same.
+        lean = self.lean and not torch_needed(self.source)
+        attempts = [True, False] if lean else [False]
         error = "no attempt"
         for lean in attempts:
             proc, conn = self._spawn(lean)
@@ -573,7 +612,7 @@ class ProcessBackend:
             if not retry:
                 break
             logger.info(
-                "model %s: loading without torch failed (%s); retrying with torch",
+                "model %s: its pipeline imports torch (%s); starting it again with torch",
                 self.name,
                 " ".join(error.split())[:300],
             )
@@ -614,13 +653,15 @@ class ProcessBackend:
             self._broken = str(err)
             logger.error("model %s: the worker process could not be restarted: %s", self.name, err)
 
-    def run(self, jobs: Sequence[JobSpec], kill_at: float) -> List[Outcome]:
+    def run(self, jobs: Sequence[Job], kill_at: float) -> List[Result]:
         """Run a batch in the child process.
 
-        jobs (Sequence[JobSpec]): The jobs.
+        jobs (Sequence[Job]): The jobs.
         kill_at (float): ``time.monotonic()`` after which the child is killed
             (and restarted) if it has not answered.
-        RETURNS (List[Outcome]): One outcome per job.
+        RETURNS (List[Result]): One result per job; a lost batch (the child
+            died, or was killed past every deadline) raises ``JobError``
+            (FAILED, or EXPIRED) for all its jobs.
         """
         if self._proc is not None and self._proc.poll() is not None:
             # Died while idle (OOM killer, a signal): start a new one before sending.
@@ -633,7 +674,7 @@ class ProcessBackend:
         if self._conn is None or self._broken is not None:
             self._restart()
             if self._conn is None:
-                raise BackendFailure(f"the model's worker process is down: {self._broken}")
+                raise JobError(Outcome.FAILED, f"the model's worker process is down: {self._broken}")
         conn = self._conn
         try:
             conn.send(list(jobs))
@@ -647,7 +688,7 @@ class ProcessBackend:
                         self.name,
                     )
                     self._restart()
-                    raise BackendFailure("the request timed out", expired=True)
+                    raise JobError(Outcome.EXPIRED, "the request timed out")
                 if conn.poll(min(left, 1.0)):
                     return conn.recv()
                 if self._proc is not None and self._proc.poll() is not None:
@@ -664,7 +705,7 @@ class ProcessBackend:
             how = describe_exit(code)
             logger.error("model %s: the worker process died (%s)", self.name, how)
             self._restart()
-            raise BackendFailure(f"the model's worker process died ({how})") from err
+            raise JobError(Outcome.FAILED, f"the model's worker process died ({how})") from err
 
     def current(self) -> Dict[str, Any]:
         """``process`` with the worker's current resident memory.
@@ -704,3 +745,6 @@ class ProcessBackend:
         if self._proc is not None:
             self._stop(self._proc, self._conn, timeout)
         self._proc = self._conn = None
+
+
+Runner = Union[ChildProcessRunner, InProcessRunner]

@@ -1,6 +1,6 @@
 """``ServerState``: what the app holds at run time.
 
-The models' workers (loaded by ``load_models``), the request counters and
+The models' batchers (loaded by ``load_models``), the request counters and
 latency windows behind ``/status``, and the Prometheus metrics. One per app,
 at ``app.state.serving`` (``deps.get_state`` hands it to the routes).
 """
@@ -19,10 +19,10 @@ import spacy
 from fastapi import HTTPException
 from spacy.language import Language
 
-from .batching import ModelWorker
+from .batching import ModelBatcher
 from .inference import ModelInfo
 from .metrics import Metrics
-from .runner import ModelLoadError, ProcessBackend, ThreadBackend, rss_mb
+from .runner import ChildProcessRunner, InProcessRunner, ModelLoadError, Runner, rss_mb
 from .settings import ServeSettings
 
 logger = logging.getLogger("spacy_distill.serving")
@@ -79,7 +79,7 @@ class ServerState:
             raise ValueError("at least one model is needed")
         self.sources: Dict[str, ModelSource] = dict(models)
         self.settings = settings
-        self.workers: Dict[str, ModelWorker] = {}
+        self.batchers: Dict[str, ModelBatcher] = {}
         self.infos: Dict[str, ModelInfo] = {}
         self.load_error: Optional[str] = None
         self.loading = False
@@ -103,36 +103,36 @@ class ServerState:
         """The first model given: what a request naming no model gets."""
         return next(iter(self.sources))
 
-    def _backend(self, name: str, source: ModelSource) -> Union[ProcessBackend, ThreadBackend]:
+    def _runner(self, name: str, source: ModelSource) -> Runner:
         # A Language object cannot be handed to another process; "thread" is opt-in.
         if isinstance(source, Language) or self.settings.inference == "thread" or os.name != "posix":
-            return ThreadBackend(name, source, self.settings.max_batch_size)
-        return ProcessBackend(name, str(source), self.settings.max_batch_size)
+            return InProcessRunner(name, source, self.settings.max_batch_size)
+        return ChildProcessRunner(name, str(source), self.settings.max_batch_size)
 
     def load_models(self) -> None:
-        """Load and warm up every model and start its batching thread."""
+        """Load and warm up every model and start its batcher."""
         self.loading = True
         try:
             for name, source in self.sources.items():
-                if name in self.workers:
+                if name in self.batchers:
                     continue
                 label = source if not isinstance(source, Language) else "<object>"
                 logger.info("loading model %s from %s", name, label)
                 try:
-                    backend = self._backend(name, source)
+                    runner = self._runner(name, source)
                 except ModelLoadError as err:
                     raise ModelLoadError(f"model {name!r} ({label}): {err}") from None
-                info = backend.info
+                info = runner.info
                 if not info.labels and not self.settings.vectors_only:
                     # Would answer 200 with empty cats to every /classify.
-                    backend.close()
+                    runner.close()
                     raise ModelLoadError(
                         f"model {name!r} ({label}) has no text classifier (no component "
                         "sets doc.cats); serve it with --vectors-only for /encode alone"
                     )
                 self.infos[name] = info
-                worker = ModelWorker(
-                    backend,
+                batcher = ModelBatcher(
+                    runner,
                     max_batch_size=self.settings.max_batch_size,
                     batch_wait_s=self.settings.batch_wait_ms / 1000.0,
                     max_queue=self.settings.max_queue,
@@ -142,15 +142,9 @@ class ServerState:
                     max_rss_mb=self.settings.max_worker_rss_mb,
                     slice_tokens=self.settings.slice_tokens,
                 )
-                self.metrics.queue_depth.labels(name).set_function(lambda w=worker: w.queue_depth)
-                self.metrics.worker_rss.labels(name).set_function(
-                    lambda w=worker: (w.backend.current().get("rss_mb") or 0.0) * 1024 * 1024
-                )
-                self.metrics.rss_replacements.labels(name).set_function(
-                    lambda w=worker: w.backend.rss_replacements
-                )
+                self.metrics.watch(name, batcher)
                 with self._lock:
-                    self.workers[name] = worker
+                    self.batchers[name] = batcher
                 logger.info("model %s ready (labels: %s)", name, ", ".join(info.labels) or "-")
             self.ready.set()
             self.metrics.ready.set(1)
@@ -165,31 +159,31 @@ class ServerState:
             self.loading = False
 
     def close(self) -> None:
-        """Stop every worker after it has finished its queued requests."""
-        for worker in list(self.workers.values()):
-            if not worker.close(timeout=self.settings.request_timeout_s):
-                logger.warning("worker %s did not drain in time", worker.info.name)
+        """Stop every batcher after it has finished its queued requests."""
+        for batcher in list(self.batchers.values()):
+            if not batcher.close(timeout=self.settings.request_timeout_s):
+                logger.warning("the batcher of %s did not drain in time", batcher.info.name)
 
-    def worker_for(self, model: Optional[str]) -> ModelWorker:
-        """The worker for a model name, or an HTTP error (404 unknown, 503 not loaded).
+    def batcher_for(self, model: Optional[str]) -> ModelBatcher:
+        """The batcher for a model name, or an HTTP error (404 unknown, 503 not loaded).
 
         model (Optional[str]): The model's name; None for the default model.
-        RETURNS (ModelWorker): Its worker.
+        RETURNS (ModelBatcher): Its batcher.
         """
         name = self.default_model if model is None else model
         if name not in self.sources:
             known = ", ".join(self.sources)
             raise HTTPException(404, f"unknown model {name!r}; loaded models: {known}")
-        worker = self.workers.get(name)
-        if worker is None:
+        batcher = self.batchers.get(name)
+        if batcher is None:
             raise HTTPException(503, self.not_ready_message(), headers={"Retry-After": "1"})
-        return worker
+        return batcher
 
     def not_ready_message(self) -> str:
         """Why the server is not ready: the load error, or the models still loading."""
         if self.load_error:
             return f"models failed to load: {self.load_error}"
-        missing = [name for name in self.sources if name not in self.workers]
+        missing = [name for name in self.sources if name not in self.batchers]
         return f"models still loading: {', '.join(missing)}"
 
     def arrival_done(self, scope: Dict[str, Any]) -> None:
@@ -230,15 +224,15 @@ class ServerState:
         models = {}
         for name in self.sources:
             info = self.infos.get(name)
-            worker = self.workers.get(name)
+            batcher = self.batchers.get(name)
             entry: Dict[str, Any] = info.to_dict() if info else {"name": name, "loaded": False}
-            entry["loaded"] = worker is not None
+            entry["loaded"] = batcher is not None
             if not show_paths and entry.get("source"):
                 # Who may not authenticate must not learn the server's file layout.
                 entry["source"] = Path(str(entry["source"])).name
-            if worker is not None:
-                entry["batching"] = worker.stats()
-                entry["runtime"] = worker.runtime()
+            if batcher is not None:
+                entry["batching"] = batcher.stats()
+                entry["runtime"] = batcher.runtime()
             models[name] = entry
         s = self.settings
         return {
@@ -246,7 +240,7 @@ class ServerState:
             "load_error": self.load_error,
             "default_model": self.default_model,
             "uptime_s": time.time() - self.started,
-            # The HTTP process itself (each worker's is in models.*.runtime).
+            # The HTTP process itself (each worker process's is in models.*.runtime).
             "process": {"pid": os.getpid(), "rss_mb": rss_mb(os.getpid())},
             "requests": {"total": total, "by_path": by_path},
             "latency_ms": latencies,

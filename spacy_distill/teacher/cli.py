@@ -2,6 +2,8 @@
 
 Every command checks its output before any work (``io.check_output``), writes it
 atomically, and reports failures as one line (``cli_errors.one_line_errors``).
+The work itself is ``teacher.label``'s and ``teacher.calibrate``'s, imported
+inside the commands: they load spaCy, which the CLI's start need not wait for.
 """
 
 import itertools
@@ -15,7 +17,6 @@ from ..io import (
     InputError,
     Record,
     UsageError,
-    atomic_path,
     check_output,
     check_records,
     count_records,
@@ -72,7 +73,7 @@ def _label(
 ) -> None:
     import spacy
 
-    from ..pipeline.calibration import read_calibration
+    from .calibrate import read_calibration
     from .label import label_records
 
     _check_pipeline(teacher)
@@ -186,76 +187,6 @@ def _calibrate(
     )
 
 
-FACTORY = "distill_calibration"
-
-
-def calibrate_pipeline(
-    pipeline: str,
-    calibration_path: Path,
-    output_dir: Path,
-    *,
-    component: Optional[str] = None,
-    name: str = "calibration",
-    overwrite: bool = False,
-) -> str:
-    """Write a copy of ``pipeline`` with a ``distill_calibration`` component after its textcat.
-
-    pipeline (str): Pipeline folder or installed package, with a text classifier.
-    calibration_path (Path): JSON written by ``spacy-distill calibrate``.
-    output_dir (Path): Folder for the calibrated copy.
-    component (Optional[str]): Name of the text classifier, if it has several.
-    name (str): Name of the added component.
-    overwrite (bool): Replace an existing ``output_dir``.
-    RETURNS (str): One line saying what was written.
-    """
-    import spacy
-
-    from ..pipeline import calibration as _registers_factory  # noqa: F401 - also without the entry point installed
-    from ..pipeline.calibration import read_calibration
-    from .label import find_textcat
-
-    is_path = Path(pipeline).exists()
-    if not is_path and not spacy.util.is_package(pipeline):
-        raise UsageError(f"PIPELINE: {pipeline}: no such pipeline directory or installed package")
-    check_output(output_dir, inputs=[pipeline] if is_path else [], overwrite=overwrite, is_dir=True, name="OUTPUT_DIR")
-    calibration = read_calibration(calibration_path)
-    nlp = spacy.load(pipeline)
-    already = [n for n in nlp.pipe_names if nlp.get_pipe_meta(n).factory == FACTORY]
-    if already:
-        # The calibration was fitted on the raw outputs: stacking it on calibrated ones would be wrong.
-        raise UsageError(f"{pipeline} is already calibrated (component {already[0]!r}); start from the uncalibrated pipeline")
-    if name in nlp.component_names:
-        raise UsageError(f"{pipeline} already has a component named {name!r}; choose another with --name")
-    textcat, exclusive = find_textcat(nlp, component)
-    if exclusive != calibration.exclusive_classes:
-        kinds = {True: "exclusive classes (softmax)", False: "multi-label classes (sigmoids)"}
-        raise UsageError(
-            f"{calibration_path} was fitted for {kinds[calibration.exclusive_classes]}, "
-            f"but {textcat!r} of {pipeline} has {kinds[exclusive]}"
-        )
-    labels = [str(label) for label in nlp.get_pipe(textcat).labels]
-    unknown = sorted(set(calibration.bias) - set(labels))
-    if unknown:
-        raise UsageError(f"{calibration_path} has a bias for {unknown}, which {textcat!r} does not predict (its labels: {labels})")
-    nlp.add_pipe(
-        FACTORY,
-        name=name,
-        after=textcat,
-        config={
-            "scale": calibration.scale,
-            "bias": {label: calibration.bias.get(label, 0.0) for label in labels},
-            "exclusive_classes": exclusive,
-            "labels": labels,
-        },
-    )
-    with atomic_path(output_dir, is_dir=True) as tmp:
-        nlp.to_disk(tmp)
-    return (
-        f"calibrate-pipeline: {output_dir} = {pipeline} + {name!r} ({FACTORY}) after {textcat!r}: "
-        f"scale {calibration.scale:.4g} (temperature {1 / calibration.scale:.4g}), bias {calibration.bias}"
-    )
-
-
 def calibrate_pipeline_command(
     pipeline: str = typer.Argument(..., metavar="PIPELINE", help="Pipeline folder or installed package with a textcat (e.g. training/teacher/model-best)."),
     calibration_path: Path = typer.Argument(..., metavar="CALIBRATION_JSON", help="JSON from `spacy-distill calibrate`: scale and per-label bias."),
@@ -269,6 +200,8 @@ def calibrate_pipeline_command(
     `spacy.load` and `spacy-distill serve` accept the copy as they are (the
     component is registered through an entry point).
     """
+    from .calibrate import calibrate_pipeline
+
     try:
         message = calibrate_pipeline(pipeline, calibration_path, output_dir, component=component, name=name, overwrite=overwrite)
     except (ValueError, OSError) as e:

@@ -18,6 +18,7 @@ original folder nor the hub.
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, Relu, Softmax, chain
@@ -60,29 +61,43 @@ def SentenceEncoder(
     from spacy_transformers.data_classes import HFObjects
     from spacy_transformers.layers.hf_shim import HFShim
 
+    attrs = encoder_attrs("SentenceEncoder", name, prefix, pooling, normalize, max_length, max_batch_tokens)
+    shim = HFShim(HFObjects(None, None, None, dict(tokenizer_config or {}), dict(transformer_config or {})))
+    return Model("sentence_encoder", encoder_forward, init=encoder_init, shims=[shim], dims={"nO": None}, attrs=attrs)
+
+
+def encoder_attrs(
+    layer: str, name: str, prefix: str, pooling: str, normalize: bool, max_length: int, max_batch_tokens: int
+) -> Dict[str, Any]:
+    """The settings every sentence-encoder layer shares, checked, as the layer's attrs.
+
+    The compressed encoders (``teacher/encoders/``) take the same settings and
+    read the same attrs in :func:`encode_in_batches`.
+
+    layer (str): The layer's name, for the error messages.
+    name (str): A Hugging Face model name or local folder.
+    prefix (str): Prepended to every text.
+    pooling (str): One of ``POOLINGS``.
+    normalize (bool): L2-normalise the vectors.
+    max_length (int): Pieces per text (at least 8).
+    max_batch_tokens (int): Padded pieces per forward pass (at least ``max_length``).
+    RETURNS (Dict[str, Any]): name, prefix, pooling, normalize, max_length, max_batch_tokens.
+    """
     if pooling not in POOLINGS:
-        raise ValueError(f"SentenceEncoder: pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise ValueError(f"{layer}: pooling must be one of {POOLINGS}, got {pooling!r}")
     if max_length < 8 or max_batch_tokens < max_length:
         raise ValueError(
-            f"SentenceEncoder: need max_length >= 8 and max_batch_tokens >= max_length, "
+            f"{layer}: need max_length >= 8 and max_batch_tokens >= max_length, "
             f"got {max_length} and {max_batch_tokens}"
         )
-    shim = HFShim(HFObjects(None, None, None, dict(tokenizer_config or {}), dict(transformer_config or {})))
-    return Model(
-        "sentence_encoder",
-        encoder_forward,
-        init=encoder_init,
-        shims=[shim],
-        dims={"nO": None},
-        attrs={
-            "name": name,
-            "prefix": prefix,
-            "pooling": pooling,
-            "normalize": normalize,
-            "max_length": max_length,
-            "max_batch_tokens": max_batch_tokens,
-        },
-    )
+    return {
+        "name": name,
+        "prefix": prefix,
+        "pooling": pooling,
+        "normalize": normalize,
+        "max_length": max_length,
+        "max_batch_tokens": max_batch_tokens,
+    }
 
 
 def _hf(model: Model):
@@ -128,6 +143,22 @@ def length_batches(lengths: List[int], max_batch_tokens: int) -> List[List[int]]
     return batches
 
 
+def pad_ids(ids: List[List[int]], pad_id: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """Piece ids padded to the longest row, and the attention mask, as numpy arrays
+    (what ONNX Runtime takes; :func:`pad_batch` makes torch tensors of them).
+
+    ids (List[List[int]]): Piece ids per text.
+    pad_id (int): The tokenizer's padding id.
+    RETURNS (Tuple[numpy.ndarray, numpy.ndarray]): int64 ``input_ids`` and ``attention_mask``, both (rows, longest).
+    """
+    n = max(len(x) for x in ids)
+    input_ids = numpy.full((len(ids), n), pad_id, dtype=numpy.int64)
+    mask = numpy.zeros((len(ids), n), dtype=numpy.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return input_ids, mask
+
 
 def pad_batch(ids: List[List[int]], pad_id: int, device: Any) -> Tuple[Any, Any]:
     """Piece ids padded to the longest row, and the attention mask.
@@ -139,34 +170,71 @@ def pad_batch(ids: List[List[int]], pad_id: int, device: Any) -> Tuple[Any, Any]
     """
     import torch
 
-    n = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), n), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        mask[row, : len(x)] = 1
-    return input_ids.to(device), mask.to(device)
+    input_ids, mask = pad_ids(ids, pad_id)
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
 
 def pool(hidden: Any, mask: Any, pooling: str, normalize: bool) -> Any:
     """One vector per text from the last hidden states, as the encoder was trained.
 
-    hidden (torch.Tensor): (rows, pieces, width) hidden states.
-    mask (torch.Tensor): (rows, pieces) attention mask.
+    Torch tensors (the encoder, and fine-tuning, where gradients flow through) or
+    numpy arrays (ONNX Runtime's output, with no torch at run time): the same
+    formula, with each library's own cast, floor and normalisation.
+
+    hidden (Union[torch.Tensor, numpy.ndarray]): (rows, pieces, width) hidden states.
+    mask (Union[torch.Tensor, numpy.ndarray]): (rows, pieces) attention mask, of
+        the same library as ``hidden``.
     pooling (str): "mean" (over the mask) or "cls" (first piece).
     normalize (bool): L2-normalise the vectors.
-    RETURNS (torch.Tensor): (rows, width).
+    RETURNS (Union[torch.Tensor, numpy.ndarray]): (rows, width), of ``hidden``'s library and dtype.
     """
-    import torch
-
+    on_numpy = isinstance(hidden, numpy.ndarray)
     if pooling == "cls":
         vectors = hidden[:, 0]
     else:
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        vectors = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        m = mask[..., None].astype(hidden.dtype) if on_numpy else mask[..., None].to(hidden.dtype)
+        counts = m.sum(1)
+        vectors = (hidden * m).sum(1) / (numpy.maximum(counts, 1.0) if on_numpy else counts.clamp(min=1.0))
     if normalize:
-        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        if on_numpy:
+            # As torch.nn.functional.normalize: the norm is floored at 1e-12.
+            vectors = vectors / numpy.maximum(numpy.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        else:
+            import torch
+
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return vectors
+
+
+def encode_in_batches(
+    model: Model,
+    docs: List[Doc],
+    tokenize: Callable[[List[str]], List[List[int]]],
+    embed: Callable[[List[List[int]]], Any],
+) -> Tuple[Floats2d, Callable]:
+    """The forward pass every frozen sentence encoder shares: prefix the texts,
+    tokenize them, run them in length-sorted batches (:func:`length_batches`) and
+    put each batch's vectors back in the docs' order.
+
+    model (Model): The layer (attrs ``prefix`` and ``max_batch_tokens``, dim ``nO``).
+    docs (List[Doc]): The docs.
+    tokenize (Callable[[List[str]], List[List[int]]]): Piece ids per prefixed text
+        (truncated to the layer's ``max_length``).
+    embed (Callable[[List[List[int]]], Any]): One batch's piece ids → its pooled
+        vectors, (rows, nO), as a numpy array.
+    RETURNS (Tuple[Floats2d, Callable]): One row per doc, and a backprop that
+        returns the docs (the encoder is frozen).
+    """
+    output = model.ops.alloc2f(len(docs), model.get_dim("nO"))
+    if docs:
+        ids = tokenize([model.attrs["prefix"] + doc.text for doc in docs])
+        for batch in length_batches([len(x) for x in ids], model.attrs["max_batch_tokens"]):
+            output[batch] = model.ops.asarray2f(embed([ids[i] for i in batch]))
+
+    def backprop(dY: Floats2d) -> List[Doc]:
+        return docs
+
+    return output, backprop
 
 
 def encoder_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats2d, Callable]:
@@ -179,27 +247,20 @@ def encoder_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floa
         # HFShim.from_bytes (spacy.load) builds the transformer in training mode:
         # dropout would make the frozen teacher's outputs random.
         hf.transformer.eval()
-    width = model.get_dim("nO")
-    output = model.ops.alloc2f(len(docs), width)
-    if docs:
-        prefix = model.attrs["prefix"]
-        texts = [prefix + doc.text for doc in docs]
-        encoded = hf.tokenizer(texts, truncation=True, max_length=model.attrs["max_length"])
-        ids = encoded["input_ids"]
+
+    def tokenize(texts: List[str]) -> List[List[int]]:
+        return hf.tokenizer(texts, truncation=True, max_length=model.attrs["max_length"])["input_ids"]
+
+    def embed(ids: List[List[int]]) -> numpy.ndarray:
         device = next(hf.transformer.parameters()).device
-        pad_id = hf.tokenizer.pad_token_id or 0
-        for batch in length_batches([len(x) for x in ids], model.attrs["max_batch_tokens"]):
-            input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, device)
-            # Frozen: no graph, no gradients (the head is what trains).
-            with torch.no_grad():
-                hidden = hf.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                vectors = pool(hidden, mask, model.attrs["pooling"], model.attrs["normalize"])
-            output[batch] = model.ops.asarray2f(vectors.float().cpu().numpy())
+        input_ids, mask = pad_batch(ids, hf.tokenizer.pad_token_id or 0, device)
+        # Frozen: no graph, no gradients (the head is what trains).
+        with torch.no_grad():
+            hidden = hf.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            vectors = pool(hidden, mask, model.attrs["pooling"], model.attrs["normalize"])
+        return vectors.float().cpu().numpy()
 
-    def backprop(dY: Floats2d) -> List[Doc]:
-        return docs
-
-    return output, backprop
+    return encode_in_batches(model, docs, tokenize, embed)
 
 
 @registry.architectures("spacy-distill.EncoderTextCat.v1")
@@ -235,4 +296,14 @@ def build_encoder_textcat(
     return model
 
 
-__all__ = ["SentenceEncoder", "build_encoder_textcat", "length_batches", "pad_batch", "pool"]
+__all__ = [
+    "POOLINGS",
+    "SentenceEncoder",
+    "build_encoder_textcat",
+    "encode_in_batches",
+    "encoder_attrs",
+    "length_batches",
+    "pad_batch",
+    "pad_ids",
+    "pool",
+]

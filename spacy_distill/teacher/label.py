@@ -7,7 +7,8 @@ softmax (``textcat_multilabel``: sigmoids), and only the probabilities reach
 ``log p`` for exclusive classes (equal to the true logits up to a per-doc
 constant, which every loss in ``spacy_distill.pipeline.losses`` ignores) and the log-odds
 ``log p − log(1 − p)`` for multi-label classes (the true logits, exactly).
-Probabilities are clipped to ``[1e-7, 1 − 1e-7]`` first. A ``distill_textcat``
+Probabilities are clipped to ``[PROB_EPS, 1 − PROB_EPS]`` (``1e-7``) first
+(``spacy_distill.pipeline.activations``). A ``distill_textcat``
 teacher exposes its real logits, which are stored as they are.
 
 Memory stays bounded: texts are streamed in batches, and docs are written in
@@ -18,18 +19,20 @@ file/directory renamed at the end).
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.util import minibatch
 
 from ..io import Record, atomic_path
-
-# Calibration lives in spacy_distill.pipeline.calibration; these names keep their old import path.
-from ..pipeline.calibration import Calibration
-from ..pipeline.teacher_scores import PROB_EPS, logits_from_probs, set_teacher_scores  # noqa: F401 - PROB_EPS: old import path
+from ..pipeline.activations import logits_from_probs
+from ..pipeline.teacher_scores import set_teacher_scores
 from ..progress import progress_bar
+
+if TYPE_CHECKING:
+    # For the annotations only: ``calibrate`` imports this module (its scorer).
+    from .calibrate import Calibration
 
 # Scores of one text: (probs, logits) by label.
 Scores = Tuple[dict, dict]
@@ -93,7 +96,7 @@ def make_scorer(
     nlp: Language,
     component: Optional[str] = None,
     batch_size: int = 32,
-    calibration: Optional[Calibration] = None,
+    calibration: Optional["Calibration"] = None,
 ) -> Callable[[List[str]], List[Tuple[Doc, Scores]]]:
     """A function that scores a batch of texts with the teacher.
 
@@ -203,7 +206,7 @@ def label_records(
     component: Optional[str] = None,
     total: Optional[int] = None,
     progress: bool = True,
-    calibration: Optional[Calibration] = None,
+    calibration: Optional["Calibration"] = None,
 ) -> LabelStats:
     """Label a stream of records with a teacher and write them out.
 

@@ -42,8 +42,8 @@ from spacy.tokens import Doc
 from spacy.util import minibatch
 
 from ..io import Record
-from ..pipeline.calibration import Calibration
 from ..ray_connect import connect
+from ..teacher.calibrate import Calibration
 from ..teacher.label import LabelStats, Scores, make_scorer, write_labelled
 
 logger = logging.getLogger("spacy_distill.ray")
