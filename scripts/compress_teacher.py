@@ -279,6 +279,7 @@ def step_prune_layers(teacher: Language, teacher_path: Path, output_dir: Path, c
         nlp, head_report = fit_teacher(fit_config, None)
         info = variant(nlp, select, reference, started)
         head_report.pop("dev_macro_f_by_epoch", None)
+        head_report.pop("dev_loss_by_epoch", None)
         info.update(pruned, head_training=head_report)
         rows[str(k)] = info
         typer.echo(f"[prune-layers] k={k}: dev macro-F {info['dev']['mean']['macro_f']:.2f} (loss {info['dev_loss']:+.2f}), {info['build_seconds']} s")

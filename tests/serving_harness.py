@@ -1,21 +1,29 @@
-"""Test harness for the server: a tiny real pipeline and a live uvicorn.
+"""Test harness for the server: tiny real pipelines and a live uvicorn.
 
 Not part of the plugin: used by the test suite and ``benchmarks/bench_ray.py``,
 and handy for trying the server without a trained model. Nothing here is
-mocked: the pipeline is a real (if tiny) spaCy ``tok2vec`` + ``textcat``
-trained for a few steps.
+mocked: the student is a real (if tiny) ``distill_textcat`` pipeline of the
+shipped student's shape (``configs/student.cfg``: multilingual ``xx`` with the
+CJK-aware tokenizer, a BiLSTM plus word and character n-gram models, token
+vectors kept as ``doc.tensor``), trained for a few steps on teacher scores;
+the baseline is a stock spaCy bag-of-words ``textcat``, as ``configs/bow.cfg``.
 """
 
+import math
 import random
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import spacy
 from spacy.language import Language
 from spacy.training import Example
+
+from spacy_distill.pipeline.teacher_scores import set_teacher_scores
+
+from .util import STUDENT_CHARS_CONFIG, blank_xx
 
 TRAIN_DATA: List[Tuple[str, str]] = [
     ("I love this blender, it works great", "POSITIVE"),
@@ -30,46 +38,67 @@ TRAIN_DATA: List[Tuple[str, str]] = [
     ("It arrived broken and smells bad", "NEGATIVE"),
 ]
 LABELS = ("POSITIVE", "NEGATIVE")
+# The student's doc.tensor width: the BiLSTM keeps its embedding width (the two
+# directions split it), so /encode answers vectors of this length.
+STUDENT_WIDTH = int(STUDENT_CHARS_CONFIG["model"]["embed"]["width"])
+# What the stand-in teacher gives the label of each sentence: soft, as a real
+# teacher's probabilities are, so the student trains on the distillation path.
+TEACHER_P = 0.9
+KINDS = ("student", "bow")
 
 
-def build_test_pipeline(with_tok2vec: bool = True, n_iter: int = 15, seed: int = 0) -> Language:
-    """A tiny English text classifier, trained for a few steps.
+def _teacher_examples(nlp: Language) -> List[Example]:
+    examples = []
+    for text, label in TRAIN_DATA:
+        reference = nlp.make_doc(text)
+        probs: Dict[str, float] = {
+            lab: TEACHER_P if lab == label else (1.0 - TEACHER_P) / (len(LABELS) - 1)
+            for lab in LABELS
+        }
+        set_teacher_scores(reference, probs, {lab: math.log(p) for lab, p in probs.items()})
+        examples.append(Example(nlp.make_doc(text), reference))
+    return examples
 
-    with_tok2vec (bool): Use a shared ``tok2vec`` component (so docs get a
-        ``doc.tensor`` for ``/encode``); otherwise a bag-of-words ``textcat``
-        that exposes no vectors.
+
+def _gold_examples(nlp: Language) -> List[Example]:
+    return [
+        Example.from_dict(
+            nlp.make_doc(text), {"cats": {lab: float(lab == label) for lab in LABELS}}
+        )
+        for text, label in TRAIN_DATA
+    ]
+
+
+def build_test_pipeline(
+    kind: str = "student",
+    n_iter: int = 15,
+    seed: int = 0,
+    *,
+    with_tok2vec: Optional[bool] = None,
+) -> Language:
+    """A tiny text classifier, trained for a few steps.
+
+    kind (str): "student": a ``distill_textcat`` pipeline like the shipped
+        student (BiLSTMTextCat.v2 with word and char n-grams, ``store_tensor``
+        on, so docs get the BiLSTM's token vectors as ``doc.tensor`` for
+        ``/encode``), trained on teacher scores; "bow": an English stock
+        bag-of-words ``textcat`` trained on gold cats, which exposes no vectors.
     n_iter (int): Training passes over the 10 sentences.
     seed (int): Random seed.
+    with_tok2vec (Optional[bool]): The older spelling, kept for its callers:
+        True is "student", False is "bow".
     RETURNS (Language): The trained pipeline.
     """
+    if with_tok2vec is not None:
+        kind = "student" if with_tok2vec else "bow"
+    if kind not in KINDS:
+        raise ValueError(f"unknown test pipeline kind {kind!r}: expected one of {KINDS}")
     spacy.util.fix_random_seed(seed)
-    nlp = spacy.blank("en")
-    if with_tok2vec:
-        nlp.add_pipe(
-            "tok2vec",
-            config={
-                "model": {
-                    "@architectures": "spacy.HashEmbedCNN.v2",
-                    "width": 32,
-                    "depth": 2,
-                    "embed_size": 500,
-                    "window_size": 1,
-                    "maxout_pieces": 2,
-                    "subword_features": True,
-                    "pretrained_vectors": None,
-                }
-            },
-        )
-        textcat_model = {
-            "@architectures": "spacy.TextCatReduce.v1",
-            "exclusive_classes": True,
-            "use_reduce_first": False,
-            "use_reduce_last": False,
-            "use_reduce_max": True,
-            "use_reduce_mean": True,
-            "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "*"},
-        }
+    if kind == "student":
+        nlp = blank_xx()
+        textcat = nlp.add_pipe("distill_textcat", config=STUDENT_CHARS_CONFIG)
     else:
+        nlp = spacy.blank("en")
         textcat_model = {
             "@architectures": "spacy.TextCatBOW.v3",
             "exclusive_classes": True,
@@ -77,35 +106,34 @@ def build_test_pipeline(with_tok2vec: bool = True, n_iter: int = 15, seed: int =
             "no_output_layer": False,
             "length": 4096,
         }
-    textcat = nlp.add_pipe("textcat", config={"model": textcat_model})
+        textcat = nlp.add_pipe("textcat", config={"model": textcat_model})
+    # Added in LABELS order, which is the order /status reports.
     for label in LABELS:
         textcat.add_label(label)
-    examples = [
-        Example.from_dict(
-            nlp.make_doc(text), {"cats": {lab: float(lab == label) for lab in LABELS}}
-        )
-        for text, label in TRAIN_DATA
-    ]
+    examples = _teacher_examples(nlp) if kind == "student" else _gold_examples(nlp)
     optimizer = nlp.initialize(lambda: examples)
     rng = random.Random(seed)
     for _ in range(n_iter):
         rng.shuffle(examples)
         nlp.update(examples, sgd=optimizer, drop=0.0)
-    nlp.meta["name"] = "serving_test" if with_tok2vec else "serving_test_bow"
+    nlp.meta["name"] = "serving_test" if kind == "student" else "serving_test_bow"
     nlp.meta["version"] = "0.0.1"
     nlp.meta["description"] = "Tiny test pipeline for spacy-distill serving"
     return nlp
 
 
-def save_test_pipeline(path: Union[str, Path], with_tok2vec: bool = True) -> Path:
+def save_test_pipeline(
+    path: Union[str, Path], kind: str = "student", *, with_tok2vec: Optional[bool] = None
+) -> Path:
     """Build the test pipeline and save it to a directory.
 
     path (Union[str, Path]): Output directory.
-    with_tok2vec (bool): See ``build_test_pipeline``.
+    kind (str): See ``build_test_pipeline``.
+    with_tok2vec (Optional[bool]): See ``build_test_pipeline``.
     RETURNS (Path): The directory.
     """
     path = Path(path)
-    build_test_pipeline(with_tok2vec=with_tok2vec).to_disk(path)
+    build_test_pipeline(kind, with_tok2vec=with_tok2vec).to_disk(path)
     return path
 
 

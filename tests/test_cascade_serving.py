@@ -180,7 +180,7 @@ def test_stuck_teacher_worker_process_degrades_to_the_student(pipelines: Any, tm
     from .serving_harness import save_test_pipeline
 
     pipelines[0].to_disk(tmp_path / "student")
-    teacher_dir = save_test_pipeline(tmp_path / "teacher", with_tok2vec=False)
+    teacher_dir = save_test_pipeline(tmp_path / "teacher", "bow")
     # Each model in its own worker process (the default); everything deferred.
     settings = ServeSettings(load_in_background=False, request_timeout_s=2.0, cancel_grace_s=0.5,
                              cascade={"teacher": "teacher", "threshold": 1.01})

@@ -25,7 +25,7 @@ from spacy_distill.client import (  # noqa: E402
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
 
-from .serving_harness import LABELS, LiveServer, free_port, save_test_pipeline  # noqa: E402
+from .serving_harness import LABELS, STUDENT_WIDTH, LiveServer, free_port, save_test_pipeline  # noqa: E402
 
 TOKEN = "client-test-token"
 
@@ -46,7 +46,7 @@ def test_client_calls(live: LiveServer) -> None:
         assert len(results) == 3
         assert set(results[0]["cats"]) == set(LABELS)
         vectors = client.encode(["great", ""], pooling="max")
-        assert len(vectors) == 2 and len(vectors[0]) == 32
+        assert len(vectors) == 2 and len(vectors[0]) == STUDENT_WIDTH
         status = client.status()
         assert "student" in status["models"]
         assert client.classify([], model="student") == []

@@ -18,7 +18,7 @@ from spacy_distill.serving.inference import (  # noqa: E402
 )
 from spacy_distill.serving.settings import ServeSettings  # noqa: E402
 
-from .serving_harness import LABELS, save_test_pipeline  # noqa: E402
+from .serving_harness import LABELS, STUDENT_WIDTH, save_test_pipeline  # noqa: E402
 
 MAX_TEXTS = 8
 MAX_CHARS = 200
@@ -28,9 +28,7 @@ MAX_BODY = 20_000
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
     root = tmp_path_factory.mktemp("serving_models")
-    return save_test_pipeline(root / "student"), save_test_pipeline(
-        root / "bow", with_tok2vec=False
-    )
+    return save_test_pipeline(root / "student"), save_test_pipeline(root / "bow", "bow")
 
 
 def _settings(**kwargs: object) -> ServeSettings:
@@ -93,7 +91,7 @@ def test_encode_shape(client: TestClient, pooling: str) -> None:
     assert body["source"] == "tensor"
     assert body["pooling"] == pooling
     width = body["width"]
-    assert width == 32
+    assert width == STUDENT_WIDTH
     assert [len(v) for v in body["vectors"]] == [width] * 3
     assert body["vectors"][1] == [0.0] * width
     assert any(x != 0 for x in body["vectors"][0])
@@ -105,6 +103,60 @@ def test_encode_mean_differs_from_max(client: TestClient) -> None:
     high = client.post("/encode", json={"texts": texts, "pooling": "max"}).json()["vectors"][0]
     assert all(m <= h + 1e-6 for m, h in zip(mean, high))
     assert mean != high
+
+
+def test_encode_pools_the_students_bilstm_vectors(
+    client: TestClient, model_dirs: "tuple[Path, Path]"
+) -> None:
+    import numpy
+    import spacy
+
+    # The served student is a distill_textcat that keeps its BiLSTM's token
+    # vectors: /encode must pool exactly those (doc.tensor), not anything else.
+    nlp = spacy.load(model_dirs[0])
+    assert nlp.get_pipe_meta("distill_textcat").factory == "distill_textcat"
+    assert nlp.get_pipe("distill_textcat").cfg["store_tensor"] is True
+    texts = ["the battery died and support never answered", "とても良い商品です。"]
+    docs = list(nlp.pipe(texts))
+    for pooling, pool in (("mean", numpy.mean), ("max", numpy.max)):
+        body = client.post("/encode", json={"texts": texts, "pooling": pooling}).json()
+        for doc, vector in zip(docs, body["vectors"]):
+            assert doc.tensor.shape == (len(doc), STUDENT_WIDTH)
+            assert vector == pytest.approx(pool(doc.tensor, axis=0).tolist(), abs=1e-5)
+    # The multilingual tokenizer of the shipped student: one token per CJK character.
+    assert len(docs[1]) == len("とても良い商品です。")
+
+
+def test_calibrated_student_serves_calibrated_cats_and_the_same_vectors(
+    client: TestClient, model_dirs: "tuple[Path, Path]", tmp_path: Path
+) -> None:
+    import spacy
+
+    from spacy_distill.pipeline.calibration import calibrate_probs
+
+    # How a student is served calibrated (docs/experiments.md): calibrate-pipeline adds a
+    # distill_calibration component after its classifier.
+    scale = 2.0
+    nlp = spacy.load(model_dirs[0])
+    nlp.add_pipe("distill_calibration", name="calibration", config={"scale": scale, "labels": list(LABELS)})
+    nlp.to_disk(tmp_path / "calibrated")
+    app = create_app({"calibrated": str(tmp_path / "calibrated")}, _settings())
+    raw = client.post("/classify", json={"texts": TEXTS}).json()["results"]
+    raw_vectors = client.post("/encode", json={"texts": TEXTS}).json()["vectors"]
+    with TestClient(app) as calibrated_client:
+        status = calibrated_client.get("/status").json()["models"]["calibrated"]
+        assert status["pipeline"] == ["distill_textcat", "calibration"]
+        assert status["labels"] == list(LABELS)
+        served = calibrated_client.post("/classify", json={"texts": TEXTS}).json()["results"]
+        vectors = calibrated_client.post("/encode", json={"texts": TEXTS}).json()["vectors"]
+    for before, after in zip(raw, served):
+        expected = calibrate_probs([[before["cats"][k] for k in LABELS]], scale)[0].tolist()
+        assert [after["cats"][k] for k in LABELS] == pytest.approx(expected, abs=1e-5)
+        assert after["label"] == before["label"] and after["score"] > before["score"]
+    # Calibration rescales doc.cats only: the BiLSTM's vectors are unchanged.
+    assert len(vectors) == len(raw_vectors)
+    for vector, raw_vector in zip(vectors, raw_vectors):
+        assert vector == pytest.approx(raw_vector, abs=1e-6)
 
 
 def test_encode_without_vectors_is_422(client: TestClient) -> None:
@@ -202,7 +254,7 @@ def test_health_ready_status(client: TestClient) -> None:
     assert set(status["models"]) == {"student", "bow"}
     student = status["models"]["student"]
     assert student["labels"] == list(LABELS)
-    assert student["pipeline"] == ["tok2vec", "textcat"]
+    assert student["pipeline"] == ["distill_textcat"]
     assert student["version"] == "0.0.1"
     assert student["vector_source"] == "tensor"
     assert student["batching"]["batches"] >= 1
@@ -322,7 +374,8 @@ def test_failed_load_reported(tmp_path: Path) -> None:
 
 def test_parse_model_spec(model_dirs: "tuple[Path, Path]") -> None:
     assert parse_model_spec("teacher=/x/y") == ("teacher", "/x/y")
-    assert parse_model_spec(str(model_dirs[0])) == ("en_serving_test", str(model_dirs[0]))
+    # The default name is the pipeline's lang + name: the student is multilingual (xx).
+    assert parse_model_spec(str(model_dirs[0])) == ("xx_serving_test", str(model_dirs[0]))
     assert parse_model_spec("xx_reviews_distilled") == (
         "xx_reviews_distilled",
         "xx_reviews_distilled",

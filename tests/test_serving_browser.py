@@ -41,7 +41,7 @@ pytestmark = [
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("browser_models")
     student = save_test_pipeline(root / "student")
-    baseline = save_test_pipeline(root / "baseline", with_tok2vec=False)
+    baseline = save_test_pipeline(root / "baseline", "bow")
     app = create_app({"student": str(student), "baseline": str(baseline)}, ServeSettings(token=TOKEN))
     with LiveServer(app) as server:
         yield server

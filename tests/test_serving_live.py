@@ -34,9 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> "tuple[Path, Path]":
     root = tmp_path_factory.mktemp("serving_live_models")
-    return save_test_pipeline(root / "student"), save_test_pipeline(
-        root / "bow", with_tok2vec=False
-    )
+    return save_test_pipeline(root / "student"), save_test_pipeline(root / "bow", "bow")
 
 
 @pytest.fixture(scope="module")
