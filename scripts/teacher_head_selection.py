@@ -11,6 +11,8 @@ Each ``--vectors NAME=TRAIN,DEV`` is one encoding of the config's train and dev 
 rule picks equivalent epochs from float-level differences. Nothing is read from test.
 """
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -18,7 +20,7 @@ import numpy
 import typer
 from spacy.cli._util import parse_config_overrides
 from spacy.training import Example
-from spacy.util import load_config, load_model_from_config
+from spacy.util import fix_random_seed, load_config, load_model_from_config
 
 from spacy_distill.io import write_json, write_text
 from spacy_distill.project import run
@@ -98,7 +100,8 @@ def main(
     a, b = stratified_halves(gold, 0)
     patience = int(settings["patience"])
     report: Dict = {
-        "command": "python scripts/teacher_head_selection.py " + " ".join([str(config_path), str(output)] + [f"--vectors {v}" for v in vectors] + [f"--seeds {seeds}"] + ctx.args),
+        # As typed: the dotted overrides are not all in ctx.args once parsed.
+        "command": "python " + " ".join(shlex.quote(arg) for arg in sys.argv),
         "n_dev": len(gold), "patience": patience, "max_epochs": int(settings["max_epochs"]),
         "split_half": {}, "summary": {}, "full_dev": {},
     }
@@ -106,7 +109,9 @@ def main(
         name, X, X_dev = _vectors(spec)
         if len(X) != len(train_docs) or len(X_dev) != len(dev_docs):
             raise typer.BadParameter(f"--vectors {name}: {len(X)}/{len(X_dev)} rows for {len(train_docs)} train / {len(dev_docs)} dev docs")
-        # Same initial weights for every run: only the seed (batch order, dropout) varies.
+        # Same initial weights for every run and every encoding (from the config's seed):
+        # only the training seed (batch order, dropout) varies.
+        fix_random_seed(int(settings["seed"]))
         head.initialize(X=head.ops.asarray2f(X[:8]))
         initial = head.to_bytes()
         report["split_half"][name] = {}

@@ -225,3 +225,29 @@ def test_entry_points_in_a_fresh_process():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_head_selection_script_is_seeded_and_reads_the_teachers_cache(trained):
+    """scripts/teacher_head_selection.py on the teacher step's cached vectors: same
+    seed, same report (the head's initial weights come from the config's seed)."""
+    tmp, cmd, _ = trained
+    train_npy = next((tmp / "cache").glob("train-*.npy"))
+    dev_npy = next((tmp / "cache").glob("dev-*.npy"))
+    reports = []
+    for run in ("a", "b"):
+        out = tmp / f"selection_{run}"
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "teacher_head_selection.py"), str(ROOT / "configs" / "teacher.cfg"), str(out),
+             "--vectors", f"cached={train_npy},{dev_npy}", "--vectors", f"again={train_npy},{dev_npy}", "--seeds", "2",
+             *cmd[cmd.index("--paths.train"):cmd.index("--cache")], "--head_training.max_epochs", "8"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(out.with_suffix(".json").read_text())
+        report.pop("command")
+        reports.append(report)
+        assert out.with_suffix(".md").exists()
+    assert reports[0] == reports[1]
+    # The same vectors under two names give the same choices.
+    assert reports[0]["split_half"]["cached"] == reports[0]["split_half"]["again"]
+    assert set(reports[0]["full_dev"]["cached"]) == {"loss", "macro_f"}

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from spacy_distill.serving.jobs import ERROR_CODES, Job, JobError, Outcome, Result, Task
-from spacy_distill.serving.runner import InProcessRunner, run_to_end, torch_needed
+from spacy_distill.serving.runner import InProcessRunner, run_to_end
+from spacy_distill.serving.torch_need import torch_needed
 
 from .serving_harness import build_test_pipeline
 

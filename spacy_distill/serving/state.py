@@ -20,9 +20,10 @@ from fastapi import HTTPException
 from spacy.language import Language
 
 from .batching import ModelBatcher
+from .child_process import ChildProcessRunner
 from .inference import ModelInfo
 from .metrics import Metrics
-from .runner import ChildProcessRunner, InProcessRunner, ModelLoadError, Runner, rss_mb
+from .runner import InProcessRunner, ModelLoadError, Runner, rss_mb
 from .settings import ServeSettings
 
 logger = logging.getLogger("spacy_distill.serving")
