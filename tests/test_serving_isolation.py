@@ -55,10 +55,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_test_pipeline(tmp_path_factory.mktemp("isolation_model") / "student")
 
 
-def _tokenize_seconds(nlp: Any, text: str) -> float:
-    start = time.perf_counter()
-    nlp.make_doc(bound_tokenizer_cost(text))
-    return time.perf_counter() - start
+def _tokenize_seconds(nlp: Any, text: str, repeats: int = 3) -> float:
+    """The fastest of a few runs: one run can be held up by the machine (a 0.65 s outlier
+    was seen once under CI), while an unbounded tokenizer takes seconds every time."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        nlp.make_doc(bound_tokenizer_cost(text))
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 @pytest.mark.parametrize("lang", ["en", "xx"])
