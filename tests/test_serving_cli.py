@@ -218,3 +218,49 @@ def test_client_bad_url_is_one_line(app: typer.Typer, tmp_path: Path) -> None:
     result = _run(app, "client", "classify", "--url", "localhost:8000", source)
     assert result.exit_code == 1
     assert "http://" in _one_error_line(result)
+
+
+# serve's options that are not server settings: the models, logging, Ray, the cascade.
+NOT_SETTINGS = {
+    "models", "log_level", "access_log", "ray", "address", "replicas", "debug",
+    "cascade", "threshold", "defer_share", "cascade_report", "temperature", "calibration",
+}
+
+
+def test_serve_defaults_are_the_settings_defaults(app: typer.Typer) -> None:
+    """Every serve option that configures the server is a ServeSettings field with
+    the field's default, so the defaults have one source."""
+    serve = typer.main.get_command(app).commands["serve"]
+    options = {p.name: p.default for p in serve.params if p.name not in NOT_SETTINGS}
+    settings = serving_cli.settings_from_options(options)
+    defaults = serving_cli.ServeSettings(load_in_background=False)
+    assert settings == defaults
+    fields = {serving_cli.OPTION_FIELDS.get(name, name) for name in options}
+    # Every field but the ones no option sets (the cascade is built from its own options).
+    assert fields == set(defaults.to_dict()) - {"load_in_background", "cascade"}
+
+
+def test_settings_from_options_names_an_unknown_option() -> None:
+    with pytest.raises(ValueError, match="'max_text' \\(did you mean 'max_texts'\\?\\)"):
+        serving_cli.settings_from_options({"max_text": 3, "inference": "thread", "cors_origin": None})
+
+
+def test_documented_serve_defaults_are_the_settings_defaults() -> None:
+    """docs/serving.md's option table states each setting's default as ServeSettings has it."""
+    import re
+
+    defaults = serving_cli.ServeSettings().to_dict()
+    table = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `--([a-z-]+)` \| `([^`]+)` \|", table, flags=re.MULTILINE)
+    checked = set()
+    for option, documented in rows:
+        name = option.replace("-", "_")
+        field = serving_cli.OPTION_FIELDS.get(name, name)
+        if field in defaults:
+            value = defaults[field]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert float(documented) == float(value), option
+            else:
+                assert documented == str(value), option
+            checked.add(field)
+    assert len(checked) >= 20, checked

@@ -13,7 +13,7 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import typer
 
@@ -24,13 +24,23 @@ from .cli_options import (
     CALIBRATION_OPTION,
     CASCADE_REPORT_OPTION,
     DEFER_SHARE_OPTION,
+    TEMPERATURE_OPTION,
     THRESHOLD_OPTION,
 )
 from .launch import parse_models, run_uvicorn
 from .settings import TOKEN_ENV_VAR, ServeSettings
 
-# The one list of defaults is ServeSettings; new options take theirs from it.
+# The one list of defaults is ServeSettings: every option below takes its default from it.
 _DEFAULTS = ServeSettings()
+# serve's options whose ServeSettings field has another name (the fields say their unit).
+OPTION_FIELDS = {
+    "request_timeout": "request_timeout_s",
+    "cancel_grace": "cancel_grace_s",
+    "header_timeout": "header_timeout_s",
+    "body_timeout": "body_timeout_s",
+    "keep_alive": "keep_alive_s",
+    "cors_origin": "cors_origins",
+}
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,52 +80,58 @@ def serve(
         ..., help="Models: package name or path, optionally NAME=PATH. The first is the default."
     ),
     host: str = typer.Option(
-        "127.0.0.1", "--host", help="Interface to bind; loopback unless you mean it."
+        _DEFAULTS.host, "--host", help="Interface to bind; loopback unless you mean it."
     ),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    port: int = typer.Option(_DEFAULTS.port, "--port", min=1, max=65535, help="TCP port."),
     workers: int = typer.Option(
-        1, "--workers", min=1, help="uvicorn worker processes (each loads every model)."
+        _DEFAULTS.workers, "--workers", min=1, help="uvicorn worker processes (each loads every model)."
     ),
     max_batch_size: int = typer.Option(
-        32, "--max-batch-size", min=1, help="Most texts per nlp.pipe batch."
+        _DEFAULTS.max_batch_size, "--max-batch-size", min=1, help="Most texts per nlp.pipe batch."
     ),
     batch_wait_ms: float = typer.Option(
-        5.0, "--batch-wait-ms", min=0.0, help="How long a batch waits for more requests."
+        _DEFAULTS.batch_wait_ms, "--batch-wait-ms", min=0.0, help="How long a batch waits for more requests."
     ),
-    max_texts: int = typer.Option(128, "--max-texts", min=1, help="Most texts per request."),
-    max_chars: int = typer.Option(10_000, "--max-chars", min=1, help="Most characters per text."),
+    max_texts: int = typer.Option(_DEFAULTS.max_texts, "--max-texts", min=1, help="Most texts per request."),
+    max_chars: int = typer.Option(_DEFAULTS.max_chars, "--max-chars", min=1, help="Most characters per text."),
     max_body_bytes: int = typer.Option(
-        2_000_000, "--max-body-bytes", min=1, help="Largest request body."
+        _DEFAULTS.max_body_bytes, "--max-body-bytes", min=1, help="Largest request body."
     ),
     max_queue: int = typer.Option(
-        1024, "--max-queue", min=1, help="Most waiting requests per model before 503."
+        _DEFAULTS.max_queue, "--max-queue", min=1, help="Most waiting requests per model before 503."
     ),
     request_timeout: float = typer.Option(
-        60.0,
+        _DEFAULTS.request_timeout_s,
         "--request-timeout",
         min=0.001,
         help="Longest a request waits for results (s); its work is stopped then.",
     ),
+    cancel_grace: float = typer.Option(
+        _DEFAULTS.cancel_grace_s,
+        "--cancel-grace",
+        min=0.0,
+        help="A worker process still busy this long after its batch's last deadline is restarted (s).",
+    ),
     max_connections: int = typer.Option(
-        512, "--max-connections", min=1, help="Most open connections; more get 503 and are closed."
+        _DEFAULTS.max_connections, "--max-connections", min=1, help="Most open connections; more get 503 and are closed."
     ),
     max_header_bytes: int = typer.Option(
-        16_384, "--max-header-bytes", min=256, help="Largest request head (431 above)."
+        _DEFAULTS.max_header_bytes, "--max-header-bytes", min=256, help="Largest request head (431 above)."
     ),
     max_headers: int = typer.Option(
-        100, "--max-headers", min=1, help="Most request header fields (431 above)."
+        _DEFAULTS.max_headers, "--max-headers", min=1, help="Most request header fields (431 above)."
     ),
     header_timeout: float = typer.Option(
-        10.0,
+        _DEFAULTS.header_timeout_s,
         "--header-timeout",
         min=0.001,
         help="Longest from a request's first byte to the end of its headers (s; 408 after).",
     ),
     body_timeout: float = typer.Option(
-        30.0, "--body-timeout", min=0.001, help="Longest to receive a request body (s; 408 after)."
+        _DEFAULTS.body_timeout_s, "--body-timeout", min=0.001, help="Longest to receive a request body (s; 408 after)."
     ),
     keep_alive: float = typer.Option(
-        5.0, "--keep-alive", min=0.001, help="Idle connections are closed after this long (s)."
+        _DEFAULTS.keep_alive_s, "--keep-alive", min=0.001, help="Idle connections are closed after this long (s)."
     ),
     max_tokens_per_request: int = typer.Option(
         _DEFAULTS.max_tokens_per_request,
@@ -144,12 +160,12 @@ def serve(
         help="Allow pipelines without a text classifier (served for /encode only).",
     ),
     inference: Inference = typer.Option(
-        Inference.process,
+        Inference(_DEFAULTS.inference),
         "--inference",
         help="Run each model in a worker process (isolated, default) or in a thread.",
     ),
     token: Optional[str] = typer.Option(
-        None,
+        _DEFAULTS.token,
         "--token",
         envvar=TOKEN_ENV_VAR,
         help=f"Require this bearer token (or set {TOKEN_ENV_VAR}).",
@@ -176,9 +192,7 @@ def serve(
     threshold: Optional[float] = THRESHOLD_OPTION,
     defer_share: Optional[float] = DEFER_SHARE_OPTION,
     cascade_report: Optional[Path] = CASCADE_REPORT_OPTION,
-    temperature: Optional[float] = typer.Option(
-        None, "--temperature", min=1e-6, help="Cascade: temperature of the student's probabilities (default: --calibration's, the report's, or 1)."
-    ),
+    temperature: Optional[float] = TEMPERATURE_OPTION,
     calibration: Optional[Path] = CALIBRATION_OPTION,
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
@@ -186,32 +200,24 @@ def serve(
     _one_line_errors(_serve)(**{k: v for k, v in locals().items()})
 
 
+def settings_from_options(options: Dict[str, Any]) -> ServeSettings:
+    """The server settings from ``serve``'s options (the rest of its arguments aside).
+
+    options (Dict[str, Any]): ``serve``'s keyword arguments that configure the server.
+    RETURNS (ServeSettings): The settings, loaded before requests are accepted.
+    RAISES (ValueError): An option that is not a setting, or a value out of range.
+    """
+    fields = {OPTION_FIELDS.get(name, name): value for name, value in options.items()}
+    fields["inference"] = Inference(fields["inference"]).value
+    fields["cors_origins"] = list(fields["cors_origins"] or [])
+    # Load before accepting requests: a bad model fails the start instead of
+    # leaving a server that never gets ready.
+    return ServeSettings.from_dict({**fields, "load_in_background": False})
+
+
 def _serve(
     models: List[str],
-    host: str,
-    port: int,
-    workers: int,
-    max_batch_size: int,
-    batch_wait_ms: float,
-    max_texts: int,
-    max_chars: int,
-    max_body_bytes: int,
-    max_queue: int,
-    request_timeout: float,
-    max_connections: int,
-    max_header_bytes: int,
-    max_headers: int,
-    header_timeout: float,
-    body_timeout: float,
-    keep_alive: float,
-    max_tokens_per_request: int,
-    max_tokens_per_text: int,
-    slice_tokens: int,
-    max_worker_rss_mb: float,
-    vectors_only: bool,
-    inference: Inference,
-    token: Optional[str],
-    cors_origin: Optional[List[str]],
+    *,
     log_level: LogLevel,
     access_log: bool,
     ray: bool,
@@ -224,6 +230,7 @@ def _serve(
     cascade_report: Optional[Path] = None,
     temperature: Optional[float] = None,
     calibration: Optional[Path] = None,
+    **options: Any,
 ) -> None:
     import signal
 
@@ -231,46 +238,16 @@ def _serve(
     # default action must end the process then (one_line_errors' SystemExit
     # handler is for commands that write files, which the server does not).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if Inference(inference) is Inference.process and not ray and "torch" not in sys.modules:
+    if Inference(options["inference"]) is Inference.process and not ray and "torch" not in sys.modules:
         # Models run in worker processes (which import torch themselves when a
         # pipeline needs it); this process only parses HTTP and batches, so keep
         # thinc from importing torch here (~130 MB of a torch-free student's server).
         sys.modules["torch"] = None  # type: ignore[assignment]
-    from .settings import ServeSettings
-
     level = LogLevel(log_level).value
 
     try:
         model_map = parse_models(models)
-        settings = ServeSettings(
-            host=host,
-            port=port,
-            workers=workers,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            max_texts=max_texts,
-            max_chars=max_chars,
-            max_body_bytes=max_body_bytes,
-            max_queue=max_queue,
-            request_timeout_s=request_timeout,
-            max_connections=max_connections,
-            max_header_bytes=max_header_bytes,
-            max_headers=max_headers,
-            header_timeout_s=header_timeout,
-            body_timeout_s=body_timeout,
-            keep_alive_s=keep_alive,
-            max_tokens_per_request=max_tokens_per_request,
-            max_tokens_per_text=max_tokens_per_text,
-            slice_tokens=slice_tokens,
-            max_worker_rss_mb=max_worker_rss_mb,
-            vectors_only=vectors_only,
-            inference=Inference(inference).value,
-            token=token,
-            cors_origins=list(cors_origin or []),
-            # Load before accepting requests: a bad model fails the start
-            # instead of leaving a server that never gets ready.
-            load_in_background=False,
-        )
+        settings = settings_from_options(options)
         if cascade is not None:
             from .cascade import cli_cascade
 
@@ -278,9 +255,9 @@ def _serve(
                                            report=cascade_report, temperature=temperature, calibration=calibration)
     except ValueError as err:
         fail(str(err))
-    if not _is_loopback(host) and settings.token is None:
+    if not _is_loopback(settings.host) and settings.token is None:
         typer.echo(
-            f"warning: serving on {host} without a token; anyone who can reach it can use it",
+            f"warning: serving on {settings.host} without a token; anyone who can reach it can use it",
             err=True,
         )
     logging.basicConfig(
@@ -293,7 +270,7 @@ def _serve(
             fail(f"--ray needs Ray Serve: pip install 'spacy-distill[ray]' ({err})")
         # The same FastAPI app (routes, schemas, limits, auth) behind Ray Serve.
         serve_on_ray(
-            model_map, settings, address=address, replicas=replicas, host=host, port=port, blocking=True
+            model_map, settings, address=address, replicas=replicas, host=settings.host, port=settings.port, blocking=True
         )
         return
     run_uvicorn(model_map, settings, log_level=level, access_log=access_log)

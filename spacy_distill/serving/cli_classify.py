@@ -18,6 +18,7 @@ from .cli_options import (
     CALIBRATION_OPTION,
     CASCADE_REPORT_OPTION,
     DEFER_SHARE_OPTION,
+    TEMPERATURE_OPTION,
     THRESHOLD_OPTION,
 )
 from .settings import TOKEN_ENV_VAR
@@ -48,9 +49,7 @@ def classify_file(
     threshold: Optional[float] = THRESHOLD_OPTION,
     defer_share: Optional[float] = DEFER_SHARE_OPTION,
     cascade_report: Optional[Path] = CASCADE_REPORT_OPTION,
-    temperature: Optional[float] = typer.Option(
-        None, "--temperature", min=1e-6, help="Cascade: temperature of the model's probabilities (default: --calibration's, the report's, or 1)."
-    ),
+    temperature: Optional[float] = TEMPERATURE_OPTION,
     calibration: Optional[Path] = CALIBRATION_OPTION,
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:

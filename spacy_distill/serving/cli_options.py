@@ -15,3 +15,7 @@ CASCADE_REPORT_OPTION = typer.Option(
 CALIBRATION_OPTION = typer.Option(
     None, "--calibration", help="Cascade: calibration JSON (spacy-distill calibrate) whose temperature the decision uses."
 )
+TEMPERATURE_OPTION = typer.Option(
+    None, "--temperature", min=1e-6,
+    help="Cascade: temperature of the student's probabilities (default: --calibration's, the report's, or 1).",
+)
