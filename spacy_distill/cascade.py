@@ -12,7 +12,9 @@ fp32 teacher). The offline ``classify --cascade`` command and the workflow's
 ``cascade`` step use this module.
 """
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -284,6 +286,43 @@ def resolve_settings(
     if temperature is None and calibration is None and "distill_calibration" not in pipe_names:
         temp = report_temp
     return thr, temp
+
+
+@dataclass(frozen=True)
+class CascadeOptions:
+    """What the user gave for a cascade's threshold and temperature: the options
+    that ``classify --cascade`` and ``serve --cascade`` share, by their CLI names.
+
+    threshold (Optional[float]): A given threshold.
+    defer_share (Optional[float]): A deferral budget of the report.
+    cascade_report (Optional[Path]): ``metrics/cascade.json``.
+    temperature (Optional[float]): A given temperature.
+    calibration (Optional[Path]): A calibration JSON (its temperature).
+    """
+
+    threshold: Optional[float] = None
+    defer_share: Optional[float] = None
+    cascade_report: Optional[Path] = None
+    temperature: Optional[float] = None
+    calibration: Optional[Path] = None
+
+    @classmethod
+    def pop_from(cls, options: Dict[str, Any]) -> "CascadeOptions":
+        """Take the cascade's options out of a command's keyword arguments.
+
+        options (Dict[str, Any]): The arguments; the cascade's are removed.
+        RETURNS (CascadeOptions): Them.
+        """
+        return cls(**{f.name: options.pop(f.name) for f in dataclasses.fields(cls) if f.name in options})
+
+    def resolve(self, pipe_names: Sequence[str]) -> Tuple[float, float]:
+        """The threshold and temperature (:func:`resolve_settings`).
+
+        pipe_names (Sequence[str]): The student's ``nlp.pipe_names``.
+        RETURNS (Tuple[float, float]): The threshold and the temperature.
+        """
+        return resolve_settings(pipe_names, threshold=self.threshold, defer_share=self.defer_share,
+                                report=self.cascade_report, temperature=self.temperature, calibration=self.calibration)
 
 
 def macro_f(gold: Sequence[str], pred: Sequence[str]) -> float:

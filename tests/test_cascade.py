@@ -347,3 +347,22 @@ def test_cascade_script_on_synthetic_predictions(tmp_path):
     (pred / "student.dev.jsonl").write_text('{"lang": "de"}\n')
     bad = CliRunner().invoke(app, cmd[2:], env=env)
     assert bad.exit_code != 0 and "student.dev.jsonl:1" in bad.output
+
+
+def test_cascade_options_are_the_commands_options():
+    """CascadeOptions names the options of `classify --cascade` and `serve --cascade`
+    (the commands hand them over by name) and resolves as resolve_settings does."""
+    import dataclasses
+
+    import typer
+
+    from spacy_distill.cascade import CascadeOptions
+    from spacy_distill.cli import app
+
+    names = {f.name for f in dataclasses.fields(CascadeOptions)}
+    commands = typer.main.get_command(app).commands
+    for command in ("serve", "classify"):
+        assert names <= {p.name for p in commands[command].params}, command
+    options = {"threshold": 0.4, "temperature": 2.0, "max_texts": 3}
+    assert CascadeOptions.pop_from(options).resolve([]) == resolve_settings([], threshold=0.4, temperature=2.0) == (0.4, 2.0)
+    assert options == {"max_texts": 3}

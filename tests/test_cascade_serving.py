@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from spacy.language import Language  # noqa: E402
 
-from spacy_distill.cascade import STUDENT, TEACHER, confidence  # noqa: E402
+from spacy_distill.cascade import STUDENT, TEACHER, CascadeOptions, confidence  # noqa: E402
 from spacy_distill.serving.app import create_app  # noqa: E402
 from spacy_distill.serving.cascade import (  # noqa: E402
     Cascade,  # noqa: E402
@@ -157,11 +157,11 @@ def test_cli_setting_reads_the_report_and_the_students_pipeline(pipelines: Any, 
     report.write_text(json.dumps({"temperature": 1.5, "default": "cascade_20", "rows": [
         {"name": "cascade_20", "budget": 0.2, "threshold": 0.77}]}))
     models = {"student": str(tmp_path / "student"), "teacher": str(tmp_path / "teacher")}
-    assert cli_cascade(models, "teacher", report=report) == {
+    assert cli_cascade(models, "teacher", CascadeOptions(cascade_report=report)) == {
         "student": "student", "teacher": "teacher", "threshold": 0.77, "temperature": 1.5, "name": "cascade"}
-    assert cli_cascade(models, "teacher", threshold=0.6)["threshold"] == 0.6
+    assert cli_cascade(models, "teacher", CascadeOptions(threshold=0.6))["threshold"] == 0.6
     with pytest.raises(ValueError, match="not a served model"):
-        cli_cascade(models, "big", threshold=0.6)
+        cli_cascade(models, "big", CascadeOptions(threshold=0.6))
     # `serve --cascade`: a bad setting stops the start with one line, before any model loads.
     import subprocess
     import sys

@@ -239,3 +239,24 @@ def test_script_import_of_a_script_is_detected(tmp_path):
     (scripts / "a.py").write_text("import spacy\nfrom common import run\n\ndef main():\n    import b.x\n")
     (scripts / "b.py").write_text("from spacy_distill.project import run\n")
     assert script_imports_of_scripts(scripts) == ["scripts/a.py:2: imports common", "scripts/a.py:5: imports b.x"]
+
+
+# The runners a project.yml step may use (docs/workflow.md states the rule).
+RUNNERS = ("python -m spacy train ", "python -m spacy package ", "python -m spacy_distill.cli ", "python scripts/")
+
+
+def test_every_step_uses_one_of_the_stated_runners():
+    import srsly
+    import typer
+
+    from spacy_distill.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    for command in srsly.read_yaml(REPO / "project.yml")["commands"]:
+        for line in command["script"]:
+            line = " ".join(line.split())
+            assert line.startswith(RUNNERS), f"{command['name']}: {line[:80]!r} uses none of {RUNNERS}"
+            if line.startswith("python -m spacy_distill.cli "):
+                assert line.split()[3] in commands, f"{command['name']}: no spacy-distill command {line.split()[3]!r}"
+            if line.startswith("python scripts/"):
+                assert (REPO / line.split()[1]).is_file(), f"{command['name']}: {line.split()[1]} is missing"

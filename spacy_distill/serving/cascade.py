@@ -19,10 +19,9 @@ configured it is also the default model, as serving one is why it was set up.
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..cascade import DEFAULT_THRESHOLD, count_models, merge, plan, resolve_settings
+from ..cascade import DEFAULT_THRESHOLD, CascadeOptions, count_models, merge, plan
 
 logger = logging.getLogger("spacy_distill.serving")
 
@@ -59,31 +58,17 @@ def check_cascade(cascade: Mapping[str, Any], model_names: List[str]) -> Dict[st
     return out
 
 
-def cli_cascade(
-    model_map: Mapping[str, str],
-    teacher: str,
-    *,
-    threshold: Optional[float] = None,
-    defer_share: Optional[float] = None,
-    report: Optional[Path] = None,
-    temperature: Optional[float] = None,
-    calibration: Optional[Path] = None,
-) -> Dict[str, Any]:
+def cli_cascade(model_map: Mapping[str, str], teacher: str, options: CascadeOptions = CascadeOptions()) -> Dict[str, Any]:
     """The cascade setting of ``spacy-distill serve --cascade TEACHER`` (the first model is the student).
 
     model_map (Mapping[str, str]): Model name to package or path.
     teacher (str): The teacher's model name.
-    threshold (Optional[float]): See :func:`spacy_distill.cascade.resolve_settings`.
-    defer_share (Optional[float]): See there.
-    report (Optional[Path]): See there.
-    temperature (Optional[float]): See there.
-    calibration (Optional[Path]): See there.
+    options (CascadeOptions): The threshold and temperature options given.
     RETURNS (Dict[str, Any]): The setting.
     """
     names = list(model_map)
     student = names[0]
-    thr, temp = resolve_settings(_pipe_names(model_map[student]), threshold=threshold, defer_share=defer_share,
-                                 report=report, temperature=temperature, calibration=calibration)
+    thr, temp = options.resolve(_pipe_names(model_map[student]))
     return check_cascade({"student": student, "teacher": teacher, "threshold": thr, "temperature": temp}, names)
 
 
@@ -157,27 +142,13 @@ class Cascade:
         return merge(student_results, conf, deferred, teacher_results)
 
 
-def offline_cascade(
-    student: Any,
-    teacher: str,
-    batch_size: int,
-    *,
-    threshold: Optional[float] = None,
-    defer_share: Optional[float] = None,
-    report: Optional[Path] = None,
-    temperature: Optional[float] = None,
-    calibration: Optional[Path] = None,
-) -> Any:
+def offline_cascade(student: Any, teacher: str, batch_size: int, options: CascadeOptions = CascadeOptions()) -> Any:
     """The :class:`spacy_distill.cascade.Cascade` of ``classify --cascade TEACHER`` (errors are one line).
 
     student (Language): The loaded student.
     teacher (str): Package name or path of the teacher.
     batch_size (int): ``nlp.pipe`` batch size.
-    threshold (Optional[float]): See :func:`spacy_distill.cascade.resolve_settings`.
-    defer_share (Optional[float]): See there.
-    report (Optional[Path]): See there.
-    temperature (Optional[float]): See there.
-    calibration (Optional[Path]): See there.
+    options (CascadeOptions): The threshold and temperature options given.
     RETURNS (Cascade): Callable on a list of texts.
     """
     import spacy
@@ -186,8 +157,7 @@ def offline_cascade(
     from ..io import InputError
 
     try:
-        thr, temp = resolve_settings(student.pipe_names, threshold=threshold, defer_share=defer_share,
-                                     report=report, temperature=temperature, calibration=calibration)
+        thr, temp = options.resolve(student.pipe_names)
     except (ValueError, InputError) as err:
         fail(str(err))
     try:

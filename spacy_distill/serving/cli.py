@@ -225,11 +225,6 @@ def _serve(
     replicas: int,
     debug: bool,
     cascade: Optional[str] = None,
-    threshold: Optional[float] = None,
-    defer_share: Optional[float] = None,
-    cascade_report: Optional[Path] = None,
-    temperature: Optional[float] = None,
-    calibration: Optional[Path] = None,
     **options: Any,
 ) -> None:
     import signal
@@ -245,14 +240,16 @@ def _serve(
         sys.modules["torch"] = None  # type: ignore[assignment]
     level = LogLevel(log_level).value
 
+    from ..cascade import CascadeOptions
+
+    cascade_options = CascadeOptions.pop_from(options)
     try:
         model_map = parse_models(models)
         settings = settings_from_options(options)
         if cascade is not None:
             from .cascade import cli_cascade
 
-            settings.cascade = cli_cascade(model_map, cascade, threshold=threshold, defer_share=defer_share,
-                                           report=cascade_report, temperature=temperature, calibration=calibration)
+            settings.cascade = cli_cascade(model_map, cascade, cascade_options)
     except ValueError as err:
         fail(str(err))
     if not _is_loopback(settings.host) and settings.token is None:

@@ -67,11 +67,7 @@ def _classify_file(
     overwrite: bool,
     debug: bool,
     cascade: Optional[str] = None,
-    threshold: Optional[float] = None,
-    defer_share: Optional[float] = None,
-    cascade_report: Optional[Path] = None,
-    temperature: Optional[float] = None,
-    calibration: Optional[Path] = None,
+    **cascade_options: Any,
 ) -> None:
     from ..io import atomic_path, check_output, count_records, read_records
 
@@ -86,10 +82,10 @@ def _classify_file(
         fail(f"cannot load model {model!r}: {str(err).strip().splitlines()[0]}")
     scorer = None
     if cascade is not None:
+        from ..cascade import CascadeOptions
         from .cascade import offline_cascade
 
-        scorer = offline_cascade(nlp, cascade, batch_size, threshold=threshold, defer_share=defer_share,
-                                 report=cascade_report, temperature=temperature, calibration=calibration)
+        scorer = offline_cascade(nlp, cascade, batch_size, CascadeOptions(**cascade_options))
 
     def all_records() -> Iterator[Any]:
         if first is not None:
