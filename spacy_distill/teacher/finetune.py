@@ -36,6 +36,7 @@ from spacy.tokens import Doc
 from thinc.api import Model
 
 from spacy_distill.evaluation.scoring import score
+from spacy_distill.pipeline.activations import softmax
 from spacy_distill.progress import progress_bar
 from spacy_distill.teacher.encoder import length_batches, pad_batch, pool
 
@@ -279,10 +280,8 @@ def calibrated_nll(probs: numpy.ndarray, y: numpy.ndarray) -> float:
     logits = numpy.log(numpy.clip(probs, 1e-12, 1.0))
     best = float("inf")
     for t in TEMPERATURES:
-        z = logits / t
-        z = z - z.max(axis=1, keepdims=True)
-        p = numpy.exp(z) / numpy.exp(z).sum(axis=1, keepdims=True)
-        best = min(best, nll(p, y))
+        # t is a numpy float64, so float32 probabilities are scored in float64 (as they always were).
+        best = min(best, nll(softmax(logits, temperature=t), y))
     return best
 
 
