@@ -32,7 +32,7 @@ from .settings import TOKEN_ENV_VAR, ServeSettings
 
 # The one list of defaults is ServeSettings: every option below takes its default from it.
 _DEFAULTS = ServeSettings()
-# serve's options whose ServeSettings field has another name (the fields say their unit).
+# serve's options whose ServeSettings field has another name (the field names say their unit, or are plural).
 OPTION_FIELDS = {
     "request_timeout": "request_timeout_s",
     "cancel_grace": "cancel_grace_s",
