@@ -155,6 +155,7 @@ GROUP_REGISTRY = {
     "spacy_augmenters": "augmenters",
     "spacy_readers": "readers",
     "spacy_loggers": "loggers",
+    "spacy_callbacks": "callbacks",
     "thinc_layers": "layers",
     "thinc_losses": "losses",
 }

@@ -129,3 +129,21 @@ def test_ablations(smoke_project):
         for r in rows:
             assert 0 <= r["dev_macro_f"] <= 100 and set(r["per_lang"]) == set(LANGS)
     assert srsly.read_yaml(ROOT / "configs" / "smoke.yml")["also"] == ["teacher-ablation", "student-ablation"]
+
+
+def test_two_stage_student(smoke_project):
+    """The `two-stage` workflow ran: the stage-2 student holds stage 1's n-gram weights
+    unchanged (frozen through training and the averaged-weights save) and loads on its own."""
+    import numpy
+    import spacy
+
+    ngrams = spacy.load(smoke_project / "training" / "student_ngrams" / "model-best")
+    student = spacy.load(smoke_project / "training" / "student_two_stage" / "model-best")
+    src = [n for n in ngrams.get_pipe("textcat").model.get_ref("bow").walk() if n.param_names]
+    dst = [n for n in student.get_pipe("textcat").model.get_ref("bow").walk() if n.param_names]
+    assert src and len(src) == len(dst)
+    for a, b in zip(src, dst):
+        for name in a.param_names:
+            numpy.testing.assert_array_equal(a.get_param(name), b.get_param(name))
+    doc = student("Great product, works perfectly.")
+    assert set(doc.cats) == {"NEGATIVE", "POSITIVE"} and abs(sum(doc.cats.values()) - 1) < 1e-5

@@ -266,3 +266,49 @@ def learn_rate_scale_forward(model: Model, X: InT, is_train: bool) -> Tuple[Floa
         return backprop_layer(dY * scale)
 
     return Y * scale, backprop
+
+
+@registry.layers("spacy-distill.frozen.v1")
+def frozen(layer: Model[List[Doc], Floats2d]) -> Model[List[Doc], Floats2d]:
+    """Use a trained docs → rows layer without training it further.
+
+    The forward pass is the layer's prediction (``is_train=False``: no dropout,
+    nothing kept for a backward pass) and the backward pass stops here, so the
+    layer gets no gradient and the optimizer leaves its weights as they are:
+    thinc updates only the parameters that have a gradient, so neither Adam's
+    step nor its weight decay touches them. Meant for a sparse n-gram model
+    fitted to convergence first (``spacy-distill.NgramTextCat.v1``) and then
+    added to the BiLSTM's logits, which learn what the n-grams miss. The weights
+    are saved and loaded with the model as any others.
+
+    layer (Model[List[Doc], Floats2d]): The layer to keep as it is.
+    RETURNS (Model[List[Doc], Floats2d]): The layer, without updates.
+    """
+    return Model(
+        f"frozen({layer.name})",
+        frozen_forward,
+        init=frozen_init,
+        layers=[layer],
+        dims={"nO": layer.maybe_get_dim("nO")},
+    )
+
+
+def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y: Optional[Floats2d] = None) -> None:
+    """Initialize the wrapped layer and copy its nO."""
+    layer = model.layers[0]
+    if model.has_dim("nO") is True and layer.has_dim("nO") is None:
+        layer.set_dim("nO", model.get_dim("nO"))
+    layer.initialize(X=X, Y=Y)
+    model.set_dim("nO", output_width(layer))
+
+
+def frozen_forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    """The layer's prediction; the gradient goes no further."""
+    Y = model.layers[0].predict(docs)
+
+    def backprop(dY: Floats2d) -> List[Doc]:
+        return []
+
+    return Y, backprop

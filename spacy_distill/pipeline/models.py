@@ -260,3 +260,34 @@ def build_bilstm_textcat_v2(
     if nO is not None:
         model.set_dim("nO", nO)
     return model
+
+
+@registry.architectures("spacy-distill.NgramTextCat.v1")
+def build_ngram_textcat(
+    bow: Model[List[Doc], Floats2d],
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats2d]:
+    """Build a text classifier from sparse n-gram models alone, outputting logits.
+
+    The student's ``bow`` block on its own (e.g. the stock ``spacy.TextCatBOW.v3``
+    and ``spacy-distill.CharNgramBOW.v1`` summed by ``add.v1``, with
+    ``no_output_layer = true``), empty docs guarded as in
+    ``spacy-distill.BiLSTMTextCat.v2``. Trained first with ``distill_textcat``
+    to convergence at its own learning rate and steps (``configs/student_ngrams.cfg``),
+    its weights then go into the student's ``bow`` block
+    (``spacy-distill.init_layer_from.v1``), where ``spacy-distill.frozen.v1`` can
+    keep them: the sparse weights no longer share the BiLSTM's schedule, under
+    which they overfit in the second epoch (metrics/student_sparse_lr.md).
+
+    bow (Model[List[Doc], Floats2d]): A model mapping docs to logits.
+    nO (Optional[int]): Number of labels; inferred at initialization.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    if nO is not None:
+        bow.set_dim("nO", nO)
+    model = with_nonempty_docs(bow)
+    # The same ref as in BiLSTMTextCat.v2, so that init_layer_from finds the
+    # block under one name in both.
+    model.set_ref("bow", model)
+    model.attrs["outputs"] = "logits"
+    return model

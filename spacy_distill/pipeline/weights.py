@@ -1,0 +1,109 @@
+"""Copying trained weights from one pipeline's model into another's, as an
+``[initialize.after_init]`` callback of ``spacy train``.
+
+spaCy's own ``[initialize] init_tok2vec`` loads pretrained weights into a
+tok2vec layer only; this loads them into any named part (a ``ref``) of a
+component's model whose layer tree matches, e.g. the student's sparse n-gram
+block from an n-gram model trained first (``spacy-distill.NgramTextCat.v1``).
+"""
+
+from pathlib import Path
+from typing import Callable, List, Union
+
+import spacy
+from spacy.language import Language
+from spacy.util import registry
+from thinc.api import Model
+
+
+def _param_nodes(model: Model) -> List[Model]:
+    return [node for node in model.walk() if node.param_names]
+
+
+def copy_weights(source: Model, target: Model) -> int:
+    """Copy every parameter of ``source`` into ``target``, node by node.
+
+    The two layer trees must hold the same parameters in the same order: the
+    nodes with parameters (in ``walk()`` order) must match in name, parameter
+    names and shapes, as for an n-gram block saved alone and the same block
+    inside a larger model (wrappers without parameters, such as
+    ``spacy-distill.frozen.v1``, may differ).
+
+    source (Model): The trained model (or part) to copy from.
+    target (Model): The model (or part) to copy into.
+    RETURNS (int): The number of parameter values copied.
+    """
+    src_nodes = _param_nodes(source)
+    dst_nodes = _param_nodes(target)
+    if len(src_nodes) != len(dst_nodes):
+        raise ValueError(
+            f"copy_weights: {source.name!r} has {len(src_nodes)} layers with weights, "
+            f"{target.name!r} has {len(dst_nodes)}"
+        )
+    pairs = []
+    for i, (src, dst) in enumerate(zip(src_nodes, dst_nodes)):
+        if src.name != dst.name or list(src.param_names) != list(dst.param_names):
+            raise ValueError(
+                f"copy_weights: layer {i} with weights is {src.name!r} {list(src.param_names)} "
+                f"in the source but {dst.name!r} {list(dst.param_names)} in the target"
+            )
+        for name in src.param_names:
+            if not dst.has_param(name):
+                raise ValueError(
+                    f"copy_weights: layer {i} ({dst.name!r}) of the target has no {name!r} yet: "
+                    "initialize the target model first"
+                )
+            value = src.get_param(name)
+            if value.shape != dst.get_param(name).shape:
+                raise ValueError(
+                    f"copy_weights: layer {i} ({src.name!r}) parameter {name!r} has shape "
+                    f"{value.shape} in the source but {dst.get_param(name).shape} in the target"
+                )
+            pairs.append((dst, name, value))
+    copied = 0
+    for dst, name, value in pairs:
+        dst.set_param(name, dst.ops.asarray(value).copy())
+        copied += int(value.size)
+    return copied
+
+
+def _ref_of(model: Model, ref: str, where: str) -> Model:
+    if not model.has_ref(ref):
+        raise ValueError(f"{where}: the model has no ref {ref!r} (its refs: {list(model.ref_names)})")
+    found = model.get_ref(ref)
+    if found is None:
+        raise ValueError(f"{where}: the model's ref {ref!r} is not set")
+    return found
+
+
+@registry.callbacks("spacy-distill.init_layer_from.v1")
+def create_init_layer_from(
+    path: Union[str, Path], component: str = "textcat", ref: str = "bow"
+) -> Callable[[Language], None]:
+    """An ``[initialize.after_init]`` callback: load a model part's weights from a trained pipeline.
+
+    After ``nlp.initialize``, the part ``ref`` of component ``component``'s
+    model gets the weights of the same part of the same component in the
+    pipeline at ``path`` (see ``copy_weights``). Only training reads ``path``:
+    the trained pipeline keeps the weights in its own files.
+
+    path (Union[str, Path]): The trained pipeline's directory (e.g. ``model-best``).
+    component (str): The component in both pipelines.
+    ref (str): The model part in both, e.g. ``"bow"``.
+    RETURNS (Callable[[Language], None]): The callback.
+    """
+    path = Path(path)
+
+    def init_layer_from(nlp: Language) -> None:
+        where = f"spacy-distill.init_layer_from.v1 ({path}, {component}, {ref})"
+        if not (path / "config.cfg").exists():
+            raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
+        source_nlp = spacy.load(path)
+        for name, pipeline in (("source", source_nlp), ("target", nlp)):
+            if component not in pipeline.pipe_names:
+                raise ValueError(f"{where}: the {name} pipeline has no {component!r} (it has {pipeline.pipe_names})")
+        source = _ref_of(source_nlp.get_pipe(component).model, ref, f"{where}, source")
+        target = _ref_of(nlp.get_pipe(component).model, ref, f"{where}, target")
+        copy_weights(source, target)
+
+    return init_layer_from
