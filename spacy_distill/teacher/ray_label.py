@@ -101,20 +101,34 @@ class TeacherActor:
             # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, which is then device 0.
             spacy.require_gpu(0)
         self._tmp: Optional[str] = None
-        if isinstance(teacher, bytes):
-            self._tmp = tempfile.mkdtemp(prefix="sd-teacher-")
-            source: Union[str, Path] = _unpack(teacher, Path(self._tmp))
-        else:
-            source = teacher
-        self.nlp = spacy.load(source)
-        calib = Calibration.from_dict(calibration) if calibration is not None else None
-        self._score = make_scorer(self.nlp, component, batch_size, calib)
+        # A teacher that cannot load is kept as an error that the actor's methods raise:
+        # an exception in __init__ kills the actor, and Ray retries a dead actor's tasks
+        # (max_task_retries) with a new one each time, where a task's own exception fails
+        # the labelling at once.
+        self._load_error: Optional[Exception] = None
+        try:
+            if isinstance(teacher, bytes):
+                self._tmp = tempfile.mkdtemp(prefix="sd-teacher-")
+                source: Union[str, Path] = _unpack(teacher, Path(self._tmp))
+            else:
+                source = teacher
+            self.nlp = spacy.load(source)
+            calib = Calibration.from_dict(calibration) if calibration is not None else None
+            self._score = make_scorer(self.nlp, component, batch_size, calib)
+        except Exception as err:  # noqa: BLE001 - raised again by every method
+            self._load_error = err
+            self.close()
+
+    def _check_loaded(self) -> None:
+        if self._load_error is not None:
+            raise self._load_error
 
     def info(self) -> Dict[str, Any]:
         """Where this actor runs.
 
         RETURNS (Dict[str, Any]): ``node_id``, ``pid``, ``lang``.
         """
+        self._check_loaded()
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
@@ -127,6 +141,7 @@ class TeacherActor:
         texts (List[str]): The texts.
         RETURNS (List[ScoredTokens]): Per text: words, spaces, probs, logits.
         """
+        self._check_loaded()
         out = []
         for doc, (probs, logits) in self._score(texts):
             out.append(
