@@ -4,12 +4,13 @@ and kept there (``spacy-distill.frozen.v1``) while the BiLSTM trains."""
 
 import copy
 import shutil
+from pathlib import Path
 
 import numpy
 import pytest
 import spacy
 from spacy.util import registry
-from thinc.api import Adam, Linear, Model, chain
+from thinc.api import Adam, Config, Linear, Model, chain
 
 from spacy_distill.pipeline.layers import frozen
 from spacy_distill.pipeline.weights import copy_weights, create_init_layer_from
@@ -182,3 +183,29 @@ def test_init_layer_from_names_what_is_missing(tmp_path, setup, component, ref, 
     student.initialize(lambda: soft_examples(student))
     with pytest.raises(ValueError, match=message):
         create_init_layer_from(tmp_path / "ngrams", component=component, ref=ref)(student)
+
+
+def test_the_two_stage_configs_stay_copies_of_the_student_config():
+    """spaCy configs cannot include one another, so stage 1 and stage 2 copy
+    configs/student.cfg: a change made there and not in the copies would train the
+    two stages on other data or blocks, and init_layer_from would fail only at
+    train time. They may differ only where the two-stage student needs it."""
+    configs = Path(__file__).parent.parent / "configs"
+    base, stage1, stage2 = (
+        Config().from_disk(configs / name, interpolate=False)
+        for name in ("student.cfg", "student_ngrams.cfg", "student_two_stage.cfg")
+    )
+    bow = base["components"]["textcat"]["model"]["bow"]
+    assert stage1["components"]["textcat"]["model"]["bow"] == bow
+    assert stage2["components"]["textcat"]["model"]["bow"] == {"@layers": "spacy-distill.frozen.v1", "layer": bow}
+    assert stage2["initialize"]["after_init"]["@callbacks"] == "spacy-distill.init_layer_from.v1"
+    # Stage 2 is the student with only the frozen block, its source path and the callback changed.
+    unwrapped = copy.deepcopy(dict(stage2))
+    unwrapped["components"]["textcat"]["model"]["bow"] = bow
+    unwrapped["initialize"]["after_init"] = base["initialize"]["after_init"]
+    del unwrapped["paths"]["ngrams"]
+    assert unwrapped == dict(base)
+    # Stage 1 reads and trains as the student does; only its model is the n-gram block alone.
+    for section in ("paths", "system", "nlp", "corpora", "training", "pretraining"):
+        assert stage1[section] == base[section], section
+    assert stage1["components"]["textcat"]["loss"] == base["components"]["textcat"]["loss"]
