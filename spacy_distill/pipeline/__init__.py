@@ -1,7 +1,7 @@
 """The student's side, torch-free: what a packaged pipeline needs to load and run.
 
 * ``component``: the ``distill_textcat`` factory (soft-label text classifier);
-* ``models``, ``layers``, ``char_ngrams``: its architectures and thinc layers;
+* ``models``, ``layers``, ``char_ngrams``, ``mean_vectors``: its architectures and thinc layers;
 * ``losses``: the distillation losses (thinc ``Loss`` classes);
 * ``tokenizer``: the CJK-aware ``xx`` tokenizer;
 * ``teacher_scores``: the teacher's probabilities and logits carried on a ``Doc``;

@@ -1,0 +1,104 @@
+"""A linear model over the mean of a doc's static vectors (Model2Vec-style).
+
+The teacher classifies the mean of its contextual token vectors with a small
+head. The student's static vectors are the teacher's encoder run over each
+vocabulary item on its own (``spacy_distill.teacher.static_vectors``), so the
+mean of a doc's static vectors is a cheap stand-in for the teacher's sentence
+vector, and a linear model over it is a stand-in for the teacher's head. Every
+word with a vector feeds it, whether or not the labelled text ever showed it,
+which is what a sparse n-gram model cannot do: measured on gold labels alone
+(6,000 train reviews, logistic regression), the mean of the 64-dim vectors
+scored 76.9 macro-F on the two non-Amazon sets against 68.7 for character
+1-4-grams (metrics/student_mean_vectors.md).
+
+Added to the student's other logits (the ``bow`` block of
+``spacy-distill.BiLSTMTextCat.v2``), it runs at numpy speed and has
+``width x labels`` weights: the vectors table is the pipeline's own, shared
+with the BiLSTM's embedding. No torch.
+"""
+
+from typing import Callable, List, Optional, Tuple, cast
+
+import numpy
+from spacy.attrs import ORTH
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import Linear, Model, chain
+from thinc.types import Floats2d
+
+
+@registry.layers("spacy-distill.MeanStaticVectors.v1")
+def MeanStaticVectors() -> Model[List[Doc], Floats2d]:
+    """Map each doc to the mean of its tokens' rows in the vocab's static vectors.
+
+    Tokens without a vector are left out of the mean (as Model2Vec skips unknown
+    tokens), so they do not pull it towards zero; a doc with no such token, or
+    no token at all, gets a zero row. The vectors are fixed: the layer has no
+    weights and passes no gradient back.
+
+    RETURNS (Model[List[Doc], Floats2d]): One row per doc, nO = the vectors' width.
+    """
+    return Model("mean_static_vectors", mean_vectors_forward, init=mean_vectors_init, dims={"nO": None})
+
+
+def _table_width(docs: List[Doc]) -> int:
+    vectors = docs[0].vocab.vectors
+    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise ValueError(
+            "MeanStaticVectors: the pipeline's vocab has no static vectors; give the "
+            "student a vectors table ([initialize] vectors, e.g. --paths.vectors "
+            "training/teacher_vectors)"
+        )
+    return int(vectors.shape[1])
+
+
+def mean_vectors_init(model: Model, X: Optional[List[Doc]] = None, Y: Optional[Floats2d] = None) -> None:
+    """Take nO from the sample docs' vectors table."""
+    if X is not None and len(X):
+        model.set_dim("nO", _table_width(X))
+
+
+def mean_vectors_forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    """The mean vector of each doc's found tokens; zeros for a doc with none."""
+    nO = model.get_dim("nO")
+    output = numpy.zeros((len(docs), nO), dtype="f")
+    if docs and sum(len(doc) for doc in docs):
+        vectors = docs[0].vocab.vectors
+        if _table_width(docs) != nO:
+            raise ValueError(f"MeanStaticVectors: the vectors have {vectors.shape[1]} dims, the layer was initialized with {nO}")
+        lengths = numpy.array([len(doc) for doc in docs], dtype="i")
+        keys = numpy.concatenate([doc.to_array(ORTH) for doc in docs if len(doc)]).astype("uint64")
+        rows = numpy.asarray(vectors.find(keys=keys))
+        found = rows >= 0
+        data = numpy.asarray(vectors.data)
+        owner = numpy.repeat(numpy.arange(len(docs)), lengths)
+        # Sum the found rows per doc, then divide by each doc's count of found tokens.
+        numpy.add.at(output, owner[found], data[rows[found]])
+        counts = numpy.bincount(owner[found], minlength=len(docs)).astype("f")
+        output /= numpy.maximum(counts, 1.0)[:, None]
+
+    def backprop(d_output: Floats2d) -> List[Doc]:
+        return []
+
+    return cast(Floats2d, model.ops.asarray2f(output)), backprop
+
+
+@registry.architectures("spacy-distill.MeanVectorsBOW.v1")
+def build_mean_vectors_bow(nO: Optional[int] = None) -> Model[List[Doc], Floats2d]:
+    """Build a linear text classifier over the mean of a doc's static vectors, outputting logits.
+
+    Meant as one more block in the student's ``bow`` sum (``add.v1`` with
+    ``spacy.TextCatBOW.v3`` and ``spacy-distill.CharNgramBOW.v1``): its logits
+    carry what the teacher's encoder knows of words the labelled text never
+    showed, where the n-gram models know only the n-grams they were trained on.
+
+    nO (Optional[int]): Number of labels; inferred at initialization.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    output = Linear(nO=nO)
+    model = chain(MeanStaticVectors(), output)
+    model.set_ref("output_layer", output)
+    model.attrs["outputs"] = "logits"
+    return model
