@@ -21,6 +21,7 @@ from .util import (
     STUDENT_CHARS_CONFIG,
     STUDENT_CONFIG,
     blank_xx,
+    run_without_torch,
     soft_examples,
     train,
 )
@@ -268,24 +269,7 @@ def test_student_loads_and_predicts_without_torch(trained, tmp_path):
     nlp, _, _ = trained
     nlp.to_disk(tmp_path / "student")
     expected = nlp(SOFT_DATA[0][0]).cats["POSITIVE"]
-    code = f"""
-    import sys, importlib.abc
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, BlockTorch())
-    # spacy-transformers needs torch, so an environment without torch has no
-    # spacy-transformers either: hide its entry points, as if not installed.
-    import importlib.metadata, catalogue
-    catalogue.AVAILABLE_ENTRY_POINTS = importlib.metadata.EntryPoints(
-        ep
-        for dist in importlib.metadata.distributions()
-        for ep in dist.entry_points
-        if not ep.value.startswith("spacy_transformers")
-    )
+    result = run_without_torch(f"""
     try:
         import torch  # noqa
         raise SystemExit("torch imported")
@@ -294,10 +278,8 @@ def test_student_loads_and_predicts_without_torch(trained, tmp_path):
     import spacy
     nlp = spacy.load({str(tmp_path / "student")!r})
     doc = nlp({SOFT_DATA[0][0]!r})
-    assert "torch" not in sys.modules
     print(round(doc.cats["POSITIVE"], 6), doc.tensor.shape[1])
-    """
-    result = _run(code)
+    """)
     assert result.returncode == 0, result.stderr
     p, width = result.stdout.split()
     assert float(p) == pytest.approx(expected, abs=1e-5)

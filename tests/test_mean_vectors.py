@@ -4,9 +4,6 @@ exact means, empty docs, errors, overfit, round trips, ``pipe == __call__``, a
 torch-free load."""
 
 import copy
-import subprocess
-import sys
-import textwrap
 
 import numpy
 import pytest
@@ -16,7 +13,7 @@ from spacy.vectors import Vectors
 
 from spacy_distill.pipeline.mean_vectors import MeanStaticVectors, build_mean_vectors_bow
 
-from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, train
+from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, run_without_torch, soft_examples, train
 
 # Words of SOFT_DATA with made-up 3-dim vectors: a sentiment axis (dim 0) and two others.
 TABLE = {
@@ -177,24 +174,10 @@ def test_student_with_the_block_loads_without_torch(trained, tmp_path):
     nlp, _ = trained
     nlp.to_disk(tmp_path / "student")
     expected = nlp(SOFT_DATA[0][0]).cats["POSITIVE"]
-    code = f"""
-    import sys, importlib.abc, importlib.metadata, catalogue
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, BlockTorch())
-    catalogue.AVAILABLE_ENTRY_POINTS = importlib.metadata.EntryPoints(
-        ep for dist in importlib.metadata.distributions() for ep in dist.entry_points
-        if not ep.value.startswith("spacy_transformers")
-    )
+    result = run_without_torch(f"""
     import spacy
     nlp = spacy.load({str(tmp_path / "student")!r})
     print(round(nlp({SOFT_DATA[0][0]!r}).cats["POSITIVE"], 6))
-    assert "torch" not in sys.modules
-    """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout) == pytest.approx(expected, abs=1e-5)

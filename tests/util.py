@@ -1,6 +1,9 @@
 """Small real data for the tests: reviews written for the tests, in six languages."""
 
 import math
+import subprocess
+import sys
+import textwrap
 from typing import List, Tuple
 
 import spacy
@@ -101,3 +104,32 @@ def train(nlp: Language, examples: List[Example], n_iter: int = 100, seed: int =
     for _ in range(n_iter):
         losses = nlp.update(examples, sgd=optimizer)
     return losses
+
+
+# Run before the code of run_without_torch: torch cannot be imported, and neither can
+# spacy-transformers (it needs torch, so an environment without torch has no
+# spacy-transformers either: its entry points are hidden, as if not installed).
+_BLOCK_TORCH = """
+import sys, importlib.abc, importlib.metadata, catalogue
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, BlockTorch())
+catalogue.AVAILABLE_ENTRY_POINTS = importlib.metadata.EntryPoints(
+    ep for dist in importlib.metadata.distributions() for ep in dist.entry_points
+    if not ep.value.startswith("spacy_transformers")
+)
+"""
+
+
+def run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process in which torch cannot be imported.
+
+    code (str): Python source (dedented here); it runs after the import blocker.
+    RETURNS (subprocess.CompletedProcess): The finished process, output captured.
+    """
+    source = _BLOCK_TORCH + textwrap.dedent(code) + "\nassert 'torch' not in sys.modules\n"
+    return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
