@@ -1,5 +1,6 @@
-"""Copying trained weights from one pipeline's model into another's, as an
-``[initialize.after_init]`` callback of ``spacy train``.
+"""Weights set at initialization, as ``[initialize.after_init]`` callbacks of
+``spacy train``: copied from one pipeline's model into another's, or fitted on the
+training docs (the character n-grams' idf).
 
 spaCy's own ``[initialize] init_tok2vec`` loads pretrained weights into a
 tok2vec layer only; this loads them into any named part (a ``ref``) of a
@@ -8,12 +9,15 @@ block from an n-gram model trained first (``spacy-distill.NgramTextCat.v1``).
 """
 
 from pathlib import Path
-from typing import Callable, List, Union
+from typing import Callable, Iterator, List, Union
 
 import spacy
 from spacy.language import Language
+from spacy.tokens import DocBin
 from spacy.util import registry
 from thinc.api import Model
+
+from .char_ngrams import fit_char_idf
 
 
 def _param_nodes(model: Model) -> List[Model]:
@@ -107,3 +111,42 @@ def create_init_layer_from(
         copy_weights(source, target)
 
     return init_layer_from
+
+
+def _texts_of(path: Path, nlp: Language) -> Iterator[str]:
+    """The texts of every DocBin at ``path`` (a .spacy file, or a folder searched recursively)."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.spacy"))
+    if not files:
+        raise ValueError(f"spacy-distill.char_ngram_idf.v1: no .spacy files at {path}")
+    for file in files:
+        for doc in DocBin().from_disk(file).get_docs(nlp.vocab):
+            yield doc.text
+
+
+@registry.callbacks("spacy-distill.char_ngram_idf.v1")
+def create_char_ngram_idf(path: Union[str, Path], component: str = "textcat") -> Callable[[Language], None]:
+    """An ``[initialize.after_init]`` callback: fit the idf of the character n-grams on the training docs.
+
+    Every ``extract_char_ngrams.v2`` layer (``spacy-distill.CharNgramBOW.v2``) in
+    component ``component``'s model gets the idf of the document frequencies of its
+    n-gram buckets over the docs at ``path``, which ``spacy train`` passes as
+    ``${paths.train}``. Only training reads ``path``: the trained pipeline keeps
+    the idf table with its weights.
+
+    path (Union[str, Path]): A DocBin or a folder of them (read recursively).
+    component (str): The component whose model holds the extractor.
+    RETURNS (Callable[[Language], None]): The callback.
+    """
+    path = Path(path)
+
+    def char_ngram_idf(nlp: Language) -> None:
+        where = f"spacy-distill.char_ngram_idf.v1 ({path}, {component})"
+        if component not in nlp.pipe_names:
+            raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+        layers = [node for node in nlp.get_pipe(component).model.walk() if node.name == "extract_char_ngrams" and node.has_param("idf")]
+        if not layers:
+            raise ValueError(f"{where}: the model has no extract_char_ngrams.v2 layer (CharNgramBOW.v2) to fit an idf for")
+        for layer in layers:
+            fit_char_idf(layer, _texts_of(path, nlp))
+
+    return char_ngram_idf
