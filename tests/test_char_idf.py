@@ -166,6 +166,14 @@ def test_callback_names_what_is_missing(tmp_path, setup, component, message):
         create_char_ngram_idf(tmp_path / "empty", component=component)(nlp)
 
 
+def test_callback_without_a_path_needs_the_configs_train_path():
+    nlp = student_v2()
+    nlp.initialize(lambda: soft_examples(nlp))
+    assert nlp.config["paths"]["train"] is None
+    with pytest.raises(ValueError, match=r"no path, and the config has no \[paths\] train"):
+        create_char_ngram_idf(component="distill_textcat")(nlp)
+
+
 def test_callback_refuses_a_model_without_an_idf_layer(tmp_path):
     nlp = blank_xx()
     nlp.add_pipe("distill_textcat", config=STUDENT_CHARS_CONFIG)
@@ -205,7 +213,8 @@ def test_spacy_train_fits_the_idf_from_the_config(tmp_path):
     model["bow"]["*"] = {"chars": {**BOW_V2}}
     model["embed"]["include_static_vectors"] = False
     config["initialize"]["vectors"] = None
-    config["initialize"]["after_init"] = {"@callbacks": "spacy-distill.char_ngram_idf.v1", "path": "${paths.train}", "component": "textcat"}
+    # No path: the callback reads the config's [paths] train, which --paths.train sets.
+    config["initialize"]["after_init"] = {"@callbacks": "spacy-distill.char_ngram_idf.v1", "component": "textcat"}
     config.to_disk(tmp_path / "student.cfg", interpolate=False)
     result = subprocess.run(
         [sys.executable, "-m", "spacy", "train", str(tmp_path / "student.cfg"), "--output", str(tmp_path / "out"),

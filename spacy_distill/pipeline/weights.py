@@ -9,7 +9,7 @@ block from an n-gram model trained first (``spacy-distill.NgramTextCat.v1``).
 """
 
 from pathlib import Path
-from typing import Callable, Iterator, List, Union
+from typing import Callable, Iterator, List, Optional, Union
 
 import spacy
 from spacy.language import Language
@@ -124,29 +124,32 @@ def _texts_of(path: Path, nlp: Language) -> Iterator[str]:
 
 
 @registry.callbacks("spacy-distill.char_ngram_idf.v1")
-def create_char_ngram_idf(path: Union[str, Path], component: str = "textcat") -> Callable[[Language], None]:
+def create_char_ngram_idf(path: Optional[Union[str, Path]] = None, component: str = "textcat") -> Callable[[Language], None]:
     """An ``[initialize.after_init]`` callback: fit the idf of the character n-grams on the training docs.
 
     Every ``extract_char_ngrams.v2`` layer (``spacy-distill.CharNgramBOW.v2``) in
     component ``component``'s model gets the idf of the document frequencies of its
-    n-gram buckets over the docs at ``path``, which ``spacy train`` passes as
-    ``${paths.train}``. Only training reads ``path``: the trained pipeline keeps
-    the idf table with its weights.
+    n-gram buckets over the docs at ``path``: by default the pipeline config's
+    ``[paths] train``, which ``spacy train --paths.train`` sets. Only training reads
+    it: the trained pipeline keeps the idf table with its weights.
 
-    path (Union[str, Path]): A DocBin or a folder of them (read recursively).
+    path (Optional[Union[str, Path]]): A DocBin or a folder of them (read
+        recursively); None: the config's ``paths.train``.
     component (str): The component whose model holds the extractor.
     RETURNS (Callable[[Language], None]): The callback.
     """
-    path = Path(path)
 
     def char_ngram_idf(nlp: Language) -> None:
-        where = f"spacy-distill.char_ngram_idf.v1 ({path}, {component})"
+        source = path if path is not None else nlp.config.get("paths", {}).get("train")
+        where = f"spacy-distill.char_ngram_idf.v1 ({source}, {component})"
+        if source is None:
+            raise ValueError(f"{where}: no path, and the config has no [paths] train")
         if component not in nlp.pipe_names:
             raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
         layers = [node for node in nlp.get_pipe(component).model.walk() if node.name == "extract_char_ngrams" and node.has_param("idf")]
         if not layers:
             raise ValueError(f"{where}: the model has no extract_char_ngrams.v2 layer (CharNgramBOW.v2) to fit an idf for")
         for layer in layers:
-            fit_char_idf(layer, _texts_of(path, nlp))
+            fit_char_idf(layer, _texts_of(Path(source), nlp))
 
     return char_ngram_idf
