@@ -106,6 +106,13 @@ def train(nlp: Language, examples: List[Example], n_iter: int = 100, seed: int =
     return losses
 
 
+def assert_fits_soft_data(nlp: Language, losses: dict, component: str = "distill_textcat") -> None:
+    """A student trained on SOFT_DATA: low loss, and every text on the teacher's side of 0.5."""
+    assert losses[component] < 0.5, losses
+    for text, p in SOFT_DATA:
+        assert (nlp(text).cats["POSITIVE"] > 0.5) == (p > 0.5), text
+
+
 # Run before the code of run_without_torch: torch cannot be imported, and neither can
 # spacy-transformers (it needs torch, so an environment without torch has no
 # spacy-transformers either: its entry points are hidden, as if not installed).
