@@ -109,7 +109,7 @@ def test_frozen_fitted_block_stays_fitted_while_the_rest_trains(tmp_path):
         (chars_student, "textcat", "dir", "has no 'textcat'"),
         (chars_student, "distill_textcat", None, r"no path, and the config has no \[paths\] train"),
         (chars_student, "distill_textcat", "empty", "no .spacy files"),
-        (chars_student, "distill_textcat", "unlabelled", "a doc without teacher scores"),
+        (chars_student, "distill_textcat", "unlabelled", r"docs\.spacy, doc 0 has no teacher scores"),
     ],
 )
 def test_callback_names_what_is_wrong(tmp_path, make, component, path, message):

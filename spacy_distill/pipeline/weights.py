@@ -9,16 +9,17 @@ block from an n-gram model trained first (``spacy-distill.NgramTextCat.v1``).
 """
 
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import spacy
 from spacy.language import Language
-from spacy.tokens import DocBin
+from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 
 from .char_ngrams import fit_char_idf
+from .readers import iter_labelled_docs
 from .teacher_scores import get_teacher_probs
 
 NEGATIVE, POSITIVE = "NEGATIVE", "POSITIVE"
@@ -117,14 +118,33 @@ def create_init_layer_from(
     return init_layer_from
 
 
-def _texts_of(path: Path, nlp: Language) -> Iterator[str]:
-    """The texts of every DocBin at ``path`` (a .spacy file, or a folder searched recursively)."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.spacy"))
-    if not files:
-        raise ValueError(f"spacy-distill.char_ngram_idf.v1: no .spacy files at {path}")
-    for file in files:
-        for doc in DocBin().from_disk(file).get_docs(nlp.vocab):
-            yield doc.text
+def _training_docs(name: str, path: Optional[Union[str, Path]], nlp: Language, component: str, *, require_teacher: bool) -> Tuple[str, List[Doc]]:
+    """The docs an initialization callback fits on, and its error prefix.
+
+    The docs are read as the student's reader reads them (``iter_labelled_docs``:
+    a DocBin or a folder of them, files in sorted order), from ``path`` or else the
+    config's ``[paths] train``; the component must be in the pipeline.
+
+    name (str): The callback's registered name, for errors.
+    path (Optional[Union[str, Path]]): The docs; None: the config's ``paths.train``.
+    nlp (Language): The pipeline being initialized.
+    component (str): The component the callback fits.
+    require_teacher (bool): Raise on a doc without teacher scores.
+    RETURNS (Tuple[str, List[Doc]]): The error prefix and the docs (at least one).
+    """
+    source = path if path is not None else nlp.config.get("paths", {}).get("train")
+    where = f"{name} ({source}, {component})"
+    if source is None:
+        raise ValueError(f"{where}: no path, and the config has no [paths] train")
+    if component not in nlp.pipe_names:
+        raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+    try:
+        docs = [doc for _, doc in iter_labelled_docs(Path(source), nlp.vocab, require_teacher=require_teacher)]
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not docs:
+        raise ValueError(f"{where}: no docs at {source}")
+    return where, docs
 
 
 @registry.callbacks("spacy-distill.char_ngram_idf.v1")
@@ -144,32 +164,15 @@ def create_char_ngram_idf(path: Optional[Union[str, Path]] = None, component: st
     """
 
     def char_ngram_idf(nlp: Language) -> None:
-        source = path if path is not None else nlp.config.get("paths", {}).get("train")
-        where = f"spacy-distill.char_ngram_idf.v1 ({source}, {component})"
-        if source is None:
-            raise ValueError(f"{where}: no path, and the config has no [paths] train")
-        if component not in nlp.pipe_names:
-            raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+        where, docs = _training_docs("spacy-distill.char_ngram_idf.v1", path, nlp, component, require_teacher=False)
         layers = [node for node in nlp.get_pipe(component).model.walk() if node.name == "extract_char_ngrams" and node.has_param("idf")]
         if not layers:
             raise ValueError(f"{where}: the model has no extract_char_ngrams.v2 layer (CharNgramBOW.v2) to fit an idf for")
+        texts = [doc.text for doc in docs]
         for layer in layers:
-            fit_char_idf(layer, _texts_of(Path(source), nlp))
+            fit_char_idf(layer, texts)
 
     return char_ngram_idf
-
-
-def _teacher_labelled(path: Path, nlp: Language) -> Iterator[Tuple[str, float]]:
-    """(text, teacher P(POSITIVE)) of every doc under ``path`` that carries teacher scores."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.spacy"))
-    if not files:
-        raise ValueError(f"spacy-distill.fit_char_ngrams.v1: no .spacy files at {path}")
-    for file in files:
-        for doc in DocBin(store_user_data=True).from_disk(file).get_docs(nlp.vocab):
-            probs = get_teacher_probs(doc)
-            if probs is None:
-                raise ValueError(f"spacy-distill.fit_char_ngrams.v1: {file}: a doc without teacher scores")
-            yield doc.text, float(probs[POSITIVE])
 
 
 def _char_blocks(model: Model) -> List[Tuple[Model, Model]]:
@@ -217,12 +220,7 @@ def create_fit_char_ngrams(
     """
 
     def fit_char_ngrams(nlp: Language) -> None:
-        source = path if path is not None else nlp.config.get("paths", {}).get("train")
-        where = f"spacy-distill.fit_char_ngrams.v1 ({source}, {component})"
-        if source is None:
-            raise ValueError(f"{where}: no path, and the config has no [paths] train")
-        if component not in nlp.pipe_names:
-            raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+        where, docs = _training_docs("spacy-distill.fit_char_ngrams.v1", path, nlp, component, require_teacher=True)
         pipe = nlp.get_pipe(component)
         labels = list(pipe.labels)
         if sorted(labels) != [NEGATIVE, POSITIVE]:
@@ -230,9 +228,9 @@ def create_fit_char_ngrams(
         blocks = _char_blocks(pipe.model)
         if not blocks:
             raise ValueError(f"{where}: the model has no character n-gram block (CharNgramBOW)")
-        texts, probs = zip(*_teacher_labelled(Path(source), nlp))
+        probs = numpy.asarray([get_teacher_probs(doc)[POSITIVE] for doc in docs], dtype="f8")
         for extractor, linear in blocks:
-            fit_hashed_logistic_regression(extractor, linear, nlp, list(texts), numpy.asarray(probs), labels, C=C, max_iter=max_iter, batch_size=batch_size)
+            fit_hashed_logistic_regression(extractor, linear, docs, probs, labels, C=C, max_iter=max_iter, batch_size=batch_size)
 
     return fit_char_ngrams
 
@@ -260,8 +258,7 @@ def hashed_rows(keys: numpy.ndarray, length: int) -> numpy.ndarray:
 def fit_hashed_logistic_regression(
     extractor: Model,
     linear: Model,
-    nlp: Language,
-    texts: Sequence[str],
+    docs: Sequence[Doc],
     p_positive: numpy.ndarray,
     labels: Sequence[str],
     *,
@@ -273,9 +270,8 @@ def fit_hashed_logistic_regression(
 
     extractor (Model): Docs to (keys, values, lengths).
     linear (Model): The ``SparseLinear_v2`` layer over them (initialized, 2 outputs).
-    nlp (Language): Makes the docs.
-    texts (Sequence[str]): The training texts.
-    p_positive (numpy.ndarray): The soft label P(POSITIVE) of each text.
+    docs (Sequence[Doc]): The training docs (the extractor reads their text).
+    p_positive (numpy.ndarray): The soft label P(POSITIVE) of each doc.
     labels (Sequence[str]): The component's labels, in output order.
     C (float): Inverse L2 strength.
     max_iter (int): L-BFGS iterations at most.
@@ -287,23 +283,23 @@ def fit_hashed_logistic_regression(
     length = linear.get_dim("length")
     cache: Dict[int, Tuple[int, int]] = {}
     row_ids, cols, vals = [], [], []
-    for start in range(0, len(texts), batch_size):
-        docs = [nlp.make_doc(text) for text in texts[start : start + batch_size]]
-        (keys, values, lengths), _ = extractor(docs, is_train=False)
+    for start in range(0, len(docs), batch_size):
+        batch = list(docs[start : start + batch_size])
+        (keys, values, lengths), _ = extractor(batch, is_train=False)
         keys = numpy.asarray(keys, dtype=numpy.uint64)
         new = [k for k in numpy.unique(keys).tolist() if k not in cache]
         if new:
             both = hashed_rows(numpy.asarray(new, dtype=numpy.uint64), length)
             cache.update(zip(new, zip(both[0].tolist(), both[1].tolist())))
-        owner = numpy.repeat(numpy.arange(start, start + len(docs)), numpy.asarray(lengths))
+        owner = numpy.repeat(numpy.arange(start, start + len(batch)), numpy.asarray(lengths))
         pairs = numpy.asarray([cache[k] for k in keys.tolist()], dtype=numpy.int64).reshape(-1, 2)
         values = numpy.asarray(values, dtype="f8")
         row_ids += [owner, owner]
         cols += [pairs[:, 0], pairs[:, 1]]
         vals += [values, values]
     # Duplicate (doc, row) entries are summed, as the layer sums both hashed rows.
-    X = csr_matrix((numpy.concatenate(vals), (numpy.concatenate(row_ids), numpy.concatenate(cols))), shape=(len(texts), length))
-    y = numpy.r_[numpy.ones(len(texts)), numpy.zeros(len(texts))]
+    X = csr_matrix((numpy.concatenate(vals), (numpy.concatenate(row_ids), numpy.concatenate(cols))), shape=(len(docs), length))
+    y = numpy.r_[numpy.ones(len(docs)), numpy.zeros(len(docs))]
     weights = numpy.r_[p_positive, 1.0 - p_positive]
     regression = LogisticRegression(C=C, max_iter=max_iter).fit(vstack([X, X]).tocsr(), y, sample_weight=weights)
     u = regression.coef_[0].astype("f")
