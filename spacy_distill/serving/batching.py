@@ -287,23 +287,28 @@ class ModelBatcher:
             results = self.runner.run([job.rest() for job in live], kill_at)
         except JobError as err:
             # The batch was lost (the worker process died or was killed): all its jobs fail.
+            self._observe(live, n_texts, start)
             for job in live:
                 self._fail(job, err)
-            self._observe(live, n_texts, start)
             return
+        finished: List[Job] = []
         for job, result in zip(live, results):
             try:
-                finished = job.advance(result)
+                done = job.advance(result)
             except JobError as err:
                 self._fail(job, err)
                 continue
-            if finished:
-                assert job.future is not None
-                job.future.set_result(job.results)
+            if done:
+                finished.append(job)
             else:
                 # Goes on in a later batch, after the new requests (fairness).
                 self._resume.append(job)
+        # Counted before the answers go out: a client that reads /metrics right
+        # after its response must see its own texts (the counters are not racy).
         self._observe(live, n_texts, start)
+        for job in finished:
+            assert job.future is not None
+            job.future.set_result(job.results)
 
     def _observe(self, batch: List[Job], n_texts: int, start: float) -> None:
         self.batches += 1
