@@ -9,7 +9,7 @@ reviews): the student does not need it, and predictions are checked to be unchan
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import spacy
 import srsly
@@ -49,6 +49,8 @@ def describe_sparse(cfg: Dict[str, Any]) -> str:
     RETURNS (str): Markdown.
     """
     name = cfg.get("@architectures", "")
+    if name.startswith("spacy-distill.MeanVectorsBOW"):
+        return f"a linear model over the mean of the doc's static vectors (`{name}`)"
     if name.startswith("spacy-distill.CharNgramBOW"):
         what = f"a hashed character {cfg.get('min_n')}-{cfg.get('max_n')}-gram model"
     else:
@@ -56,24 +58,35 @@ def describe_sparse(cfg: Dict[str, Any]) -> str:
     return f"{what} (`{name}`, {int(cfg.get('length') or 0):,} rows)"
 
 
-def describe_architecture(model_cfg: Dict[str, Any]) -> str:
+def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None) -> str:
     """The student architecture in words, from its [components.textcat.model] block.
 
     model_cfg (Dict[str, Any]): The model block of the pipeline's config.
+    mix_weight (Optional[float]): A LogitMix's weight as chosen on dev (the
+        pipeline's ``meta["mix_weight"]["weight"]``); None: the config's.
     RETURNS (str): Markdown.
     """
+    name = model_cfg.get("@architectures", "")
+    if name.startswith("spacy-distill.LogitMix"):
+        w = float(mix_weight if mix_weight is not None else model_cfg.get("weight", 0.5))
+        first = describe_architecture(model_cfg.get("first", {}))
+        second = describe_architecture(model_cfg.get("second", {}))
+        return f"the logits of two models mixed as {1 - w:.2f} x [{first}] + {w:.2f} x [{second}] (`{name}`, the weight chosen on gold dev)"
+    bow = model_cfg.get("bow")
+    # A single sparse model, or several summed by thinc's add.v1 (the `*` block).
+    parts = (list(bow.get("*", {}).values()) if "*" in bow else [bow]) if bow else []
+    sparse = " and ".join(describe_sparse(part) for part in parts)
+    if name.startswith("spacy-distill.NgramTextCat"):
+        return f"{sparse} alone (`{name}`)"
     embed = model_cfg.get("embed", {})
     attrs = ", ".join(embed.get("attrs", []))
     text = (
         f"hashed embeddings ({attrs}; width {embed.get('width')}) + BiLSTM + {model_cfg.get('pooling', 'meanmax')} "
         "pooling"
     )
-    bow = model_cfg.get("bow")
-    if bow:
-        # A single sparse model, or several summed by thinc's add.v1 (the `*` block).
-        parts = list(bow.get("*", {}).values()) if "*" in bow else [bow]
-        text += ", plus " + " and ".join(describe_sparse(part) for part in parts) + " whose logits are added"
-    return f"{text} (`{model_cfg.get('@architectures')}`)"
+    if parts:
+        text += ", plus " + sparse + " whose logits are added"
+    return f"{text} (`{name}`)"
 
 
 def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str, architecture: str) -> str:
@@ -105,7 +118,7 @@ def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str, archi
         "",
         "* Labels: `POSITIVE` (3-5 stars) / `NEGATIVE` (1-2 stars), exclusive (softmax).",
         f"* Languages: {', '.join(langs)} (one multilingual `xx` pipeline; every Han/Kana/Hangul character is a token).",
-        f"* Architecture: {architecture}, trained with `distill_textcat` on soft labels.",
+        f"* Architecture: {architecture}, distilled from the teacher's soft labels (`distill_textcat`).",
         f"* Teacher: `{teacher_name}` used as a frozen sentence encoder (query prefix, mean pooling) under a small classifier head trained on the gold train split (`configs/teacher.cfg`); it labelled "
         "augmented train reviews and unlabelled transfer reviews with probabilities and logits.",
         "",
@@ -233,7 +246,7 @@ def main(
     shutil.copytree(model_dir, tmp)
     write_json(tmp / "meta.json", meta)
     model_cfg = spacy.util.load_config(model_dir / "config.cfg")["components"]["textcat"]["model"]
-    write_text(tmp / "README.md", card(meta, results, teacher, describe_architecture(model_cfg)))
+    write_text(tmp / "README.md", card(meta, results, teacher, describe_architecture(model_cfg, meta.get("mix_weight", {}).get("weight"))))
     if check_docs is not None:
         docs = DocBin().from_disk(check_docs).get_docs(spacy.blank("xx").vocab)
         texts = [doc.text for _, doc in zip(range(300), docs)]

@@ -242,7 +242,7 @@ def test_script_import_of_a_script_is_detected(tmp_path):
 
 
 # The runners a project.yml step may use (docs/workflow.md states the rule).
-RUNNERS = ("python -m spacy train ", "python -m spacy package ", "python -m spacy_distill.cli ", "python scripts/")
+RUNNERS = ("python -m spacy train ", "python -m spacy assemble ", "python -m spacy package ", "python -m spacy_distill.cli ", "python scripts/")
 
 
 def test_every_step_uses_one_of_the_stated_runners():

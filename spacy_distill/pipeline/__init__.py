@@ -7,6 +7,8 @@
 * ``teacher_scores``: the teacher's probabilities and logits carried on a ``Doc``;
 * ``weights``: ``spacy-distill.init_layer_from.v1``, weights of a trained pipeline's
   model part copied in after initialization (the two-stage student);
+* ``mix``: ``spacy-distill.LogitMix.v1``, two trained classifiers' logits mixed with a
+  weight, and the callbacks that assemble it (weights copied in, weight chosen on dev);
 * ``readers``: the corpus reader of teacher-labelled DocBins for ``spacy train``;
 * ``activations``: softmax, sigmoid and the logits of probabilities (one copy of each);
 * ``calibration``: the ``distill_calibration`` factory (fitting one is ``teacher.calibrate``'s).

@@ -1,0 +1,230 @@
+"""Two trained text classifiers as one: their logits mixed with a weight.
+
+``spacy-distill.LogitMix.v1`` is ``(1 - weight) * first + weight * second`` on the
+logits (for two exclusive classes, the same mix of the log-odds). It ships the
+jointly trained BiLSTM student (``first``, whose token vectors it exposes for
+``doc.tensor`` and the server's ``/encode``) together with its character n-gram
+block fitted to convergence on its own (``second``,
+``spacy-distill.fit_char_ngrams.v1``): trained apart the two make different errors,
+and the mix scores 1.3 dev points above the student (metrics/student_mean_vectors.md §5),
+where the same block frozen inside the student lost 2.7.
+
+The ``[initialize.after_init]`` callback ``spacy-distill.init_logit_mix.v1``
+assembles it from the two trained pipelines (``spacy assemble configs/student_mix.cfg``):
+it copies both models' weights in and chooses the weight on the gold dev set. Numpy/thinc only: the pipeline runs without torch.
+"""
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.training import Corpus, Example
+from spacy.util import registry
+from thinc.api import Model
+from thinc.layers.add import init as add_init
+from thinc.types import Floats2d
+
+from .models import FORWARD_WITH_TOKEN_VECTORS, TokenVectorsOutput, logits_forward
+from .weights import copy_weights
+
+# The model attribute holding the weight of ``second``. A float in ``attrs`` is
+# serialized with the weights, so the weight chosen at initialization
+# (init_logit_mix.v1) is the one a loaded pipeline uses, whatever the config's start value.
+MIX_WEIGHT = "mix_weight"
+
+
+@registry.architectures("spacy-distill.LogitMix.v1")
+def build_logit_mix(
+    first: Model[List[Doc], Floats2d],
+    second: Model[List[Doc], Floats2d],
+    weight: float = 0.5,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats2d]:
+    """Mix two text classifiers' logits: ``(1 - weight) * first + weight * second``.
+
+    Both models output logits (``spacy-distill.BiLSTMTextCat.v2``,
+    ``spacy-distill.NgramTextCat.v1``) over the same labels. The token vectors are
+    ``first``'s, if it exposes any. The refs ``first`` and ``second`` name the two
+    (``spacy-distill.init_logit_mix.v1`` loads trained weights into them). The
+    weight is a fixed mixing coefficient, not trained: backprop scales each
+    model's gradient by its share.
+
+    first (Model[List[Doc], Floats2d]): The first model (docs to logits).
+    second (Model[List[Doc], Floats2d]): The second model (docs to logits).
+    weight (float): The weight of ``second``, in [0, 1]; the weight chosen by
+        ``spacy-distill.init_logit_mix.v1`` replaces it and is saved with the model.
+    nO (Optional[int]): Number of labels; inferred at initialization.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    check_weight(weight, "spacy-distill.LogitMix.v1")
+    attrs: Dict[str, Any] = {MIX_WEIGHT: float(weight), "outputs": "logits"}
+    if FORWARD_WITH_TOKEN_VECTORS in first.attrs:
+        attrs[FORWARD_WITH_TOKEN_VECTORS] = logit_mix_forward
+        forward = logits_forward
+    else:
+        forward = logit_mix_logits
+    model = Model(
+        "logit_mix",
+        forward,
+        # add's shape inference: each layer initialized on the same sample, nO shared.
+        init=add_init,
+        dims={"nO": nO},
+        layers=[first, second],
+        attrs=attrs,
+        refs={"first": first, "second": second},
+    )
+    return model
+
+
+def check_weight(weight: float, where: str) -> None:
+    """Raise unless ``weight`` is a number in [0, 1].
+
+    weight (float): The mixing weight.
+    where (str): The caller, for the error.
+    """
+    if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"{where}: weight must be a number in [0, 1], got {weight!r}")
+
+
+def logit_mix_forward(
+    model: Model[List[Doc], Floats2d], docs: List[Doc], is_train: bool
+) -> Tuple[TokenVectorsOutput, Callable[[Floats2d], List[Doc]]]:
+    """Mix the two models' logits; return them with ``first``'s token vectors."""
+    first, second = model.layers
+    (logits_a, vectors), backprop_a = first.attrs[FORWARD_WITH_TOKEN_VECTORS](first, docs, is_train)
+    logits, backprop = _mix(model, logits_a, backprop_a, docs, is_train)
+    return (logits, vectors), backprop
+
+
+def logit_mix_logits(
+    model: Model[List[Doc], Floats2d], docs: List[Doc], is_train: bool
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    """Mix the two models' logits (a ``first`` without token vectors)."""
+    logits_a, backprop_a = model.layers[0](docs, is_train)
+    return _mix(model, logits_a, backprop_a, docs, is_train)
+
+
+def _mix(
+    model: Model[List[Doc], Floats2d],
+    logits_a: Floats2d,
+    backprop_a: Callable[[Floats2d], Any],
+    docs: List[Doc],
+    is_train: bool,
+) -> Tuple[Floats2d, Callable[[Floats2d], List[Doc]]]:
+    w = float(model.attrs[MIX_WEIGHT])
+    logits_b, backprop_b = model.layers[1](docs, is_train)
+    # A fresh array: the layers may hand back arrays they keep (no in-place sum).
+    logits = model.ops.xp.multiply(logits_a, 1.0 - w) + model.ops.xp.multiply(logits_b, w)
+
+    def backprop(d_logits: Floats2d) -> List[Doc]:
+        backprop_a(d_logits * (1.0 - w))
+        backprop_b(d_logits * w)
+        return docs
+
+    return logits, backprop
+
+
+def _mix_model(nlp: Language, component: str, where: str) -> Model:
+    if component not in nlp.pipe_names:
+        raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+    model = nlp.get_pipe(component).model
+    if MIX_WEIGHT not in model.attrs:
+        raise ValueError(f"{where}: the model of {component!r} is {model.name!r}, not a spacy-distill.LogitMix.v1")
+    return model
+
+
+@registry.callbacks("spacy-distill.init_logit_mix.v1")
+def create_init_logit_mix(
+    first: Union[str, Path],
+    second: Union[str, Path],
+    dev: Optional[Union[str, Path]] = None,
+    weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    component: str = "textcat",
+    score: str = "cats_score",
+) -> Callable[[Language], None]:
+    """An ``[initialize.after_init]`` callback: a LogitMix from two trained pipelines, its weight chosen on dev.
+
+    The model of component ``component`` in the pipeline at ``first`` goes into the
+    mix's ``first``, the one at ``second`` into its ``second`` (``copy_weights``:
+    the layer trees must match, i.e. the same architecture blocks as in the
+    pipelines' configs); both need the mix's labels in the same order. Then, with
+    ``dev``, :func:`choose_mix_weight` keeps the weight that scores best on those
+    gold docs. Only assembling reads the paths: the mixed pipeline keeps the weights.
+
+    first (Union[str, Path]): The trained pipeline of ``first`` (e.g. ``model-best``).
+    second (Union[str, Path]): The trained pipeline of ``second``.
+    dev (Optional[Union[str, Path]]): Gold dev docs (a DocBin or a folder of them);
+        None keeps the config's weight.
+    weights (Sequence[float]): The weights of ``second`` to try on dev, each in [0, 1].
+    component (str): The component, in the three pipelines.
+    score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
+    RETURNS (Callable[[Language], None]): The callback.
+    """
+    name = "spacy-distill.init_logit_mix.v1"
+    if not weights:
+        raise ValueError(f"{name}: no weights to choose from")
+    for w in weights:
+        check_weight(w, name)
+
+    def init_logit_mix(nlp: Language) -> None:
+        where = f"{name} ({first}, {second}, {component})"
+        model = _mix_model(nlp, component, where)
+        labels = list(nlp.get_pipe(component).labels)
+        for ref, path in (("first", Path(first)), ("second", Path(second))):
+            if not (path / "config.cfg").exists():
+                raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
+            source = spacy.load(path)
+            if component not in source.pipe_names:
+                raise ValueError(f"{where}: {path} has no {component!r} (it has {source.pipe_names})")
+            source_labels = list(source.get_pipe(component).labels)
+            if source_labels != labels:
+                raise ValueError(f"{where}: {path} has the labels {source_labels}, the mix {labels}")
+            try:
+                copy_weights(source.get_pipe(component).model, model.get_ref(ref))
+            except ValueError as e:
+                raise ValueError(f"{where}: {ref} from {path}: {e}") from None
+        if dev is not None:
+            examples = list(Corpus(Path(dev))(nlp))
+            if not examples:
+                raise ValueError(f"{where}: no docs at {dev}")
+            choose_mix_weight(nlp, examples, weights, component=component, score=score)
+
+    return init_logit_mix
+
+
+def choose_mix_weight(
+    nlp: Language,
+    examples: List[Example],
+    weights: Sequence[float],
+    *,
+    component: str = "textcat",
+    score: str = "cats_score",
+) -> Dict[str, float]:
+    """Keep the LogitMix weight that scores best on gold examples (the first of equals).
+
+    Scores the pipeline with each weight as ``spacy train`` scores dev
+    (``nlp.evaluate``) and records every score in ``nlp.meta["mix_weight"]``.
+
+    nlp (Language): The pipeline; ``component``'s model is a LogitMix.
+    examples (List[Example]): Gold dev examples.
+    weights (Sequence[float]): The weights of ``second`` to try, each in [0, 1].
+    component (str): The component whose model is the LogitMix.
+    score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
+    RETURNS (Dict[str, float]): The score of each weight.
+    """
+    where = f"choose_mix_weight ({component})"
+    model = _mix_model(nlp, component, where)
+    scores: Dict[str, float] = {}
+    for w in weights:
+        check_weight(w, where)
+        model.attrs[MIX_WEIGHT] = float(w)
+        result = nlp.evaluate(examples)
+        if result.get(score) is None:
+            raise ValueError(f"{where}: the evaluation gave no {score!r} (it gave {sorted(result)})")
+        scores[str(float(w))] = float(result[score])
+    best = max(weights, key=lambda w: scores[str(float(w))])
+    model.attrs[MIX_WEIGHT] = float(best)
+    nlp.meta["mix_weight"] = {"weight": float(best), "score": score, "scores": scores}
+    return scores
