@@ -9,7 +9,7 @@ block from an n-gram model trained first (``spacy-distill.NgramTextCat.v1``).
 """
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import spacy
@@ -255,6 +255,41 @@ def hashed_rows(keys: numpy.ndarray, length: int) -> numpy.ndarray:
     return rows
 
 
+def hashed_design(extractor: Model, length: int, docs: Sequence[Doc], *, batch_size: int = 512) -> Any:
+    """The docs' rows of a sparse block's design matrix, as its ``SparseLinear_v2`` sees them.
+
+    Each key's value goes to both of its hashed rows (``hashed_rows``); entries that
+    meet in one (doc, row) are summed, as the layer sums them.
+
+    extractor (Model): Docs to (keys, values, lengths).
+    length (int): The sparse layer's ``length`` dim.
+    docs (Sequence[Doc]): The docs (the extractor reads their text).
+    batch_size (int): Docs per extraction call.
+    RETURNS (scipy.sparse.csr_matrix): Shape (len(docs), length).
+    """
+    from scipy.sparse import csr_matrix
+
+    cache: Dict[int, Tuple[int, int]] = {}
+    row_ids, cols, vals = [], [], []
+    for start in range(0, len(docs), batch_size):
+        batch = list(docs[start : start + batch_size])
+        (keys, values, lengths), _ = extractor(batch, is_train=False)
+        keys = numpy.asarray(keys, dtype=numpy.uint64)
+        new = [k for k in numpy.unique(keys).tolist() if k not in cache]
+        if new:
+            both = hashed_rows(numpy.asarray(new, dtype=numpy.uint64), length)
+            cache.update(zip(new, zip(both[0].tolist(), both[1].tolist())))
+        owner = numpy.repeat(numpy.arange(start, start + len(batch)), numpy.asarray(lengths))
+        pairs = numpy.asarray([cache[k] for k in keys.tolist()], dtype=numpy.int64).reshape(-1, 2)
+        values = numpy.asarray(values, dtype="f8")
+        row_ids += [owner, owner]
+        cols += [pairs[:, 0], pairs[:, 1]]
+        vals += [values, values]
+    if not vals:
+        return csr_matrix((len(docs), length))
+    return csr_matrix((numpy.concatenate(vals), (numpy.concatenate(row_ids), numpy.concatenate(cols))), shape=(len(docs), length))
+
+
 def fit_hashed_logistic_regression(
     extractor: Model,
     linear: Model,
@@ -277,28 +312,11 @@ def fit_hashed_logistic_regression(
     max_iter (int): L-BFGS iterations at most.
     batch_size (int): Docs per extraction call.
     """
-    from scipy.sparse import csr_matrix, vstack
+    from scipy.sparse import vstack
     from sklearn.linear_model import LogisticRegression
 
     length = linear.get_dim("length")
-    cache: Dict[int, Tuple[int, int]] = {}
-    row_ids, cols, vals = [], [], []
-    for start in range(0, len(docs), batch_size):
-        batch = list(docs[start : start + batch_size])
-        (keys, values, lengths), _ = extractor(batch, is_train=False)
-        keys = numpy.asarray(keys, dtype=numpy.uint64)
-        new = [k for k in numpy.unique(keys).tolist() if k not in cache]
-        if new:
-            both = hashed_rows(numpy.asarray(new, dtype=numpy.uint64), length)
-            cache.update(zip(new, zip(both[0].tolist(), both[1].tolist())))
-        owner = numpy.repeat(numpy.arange(start, start + len(batch)), numpy.asarray(lengths))
-        pairs = numpy.asarray([cache[k] for k in keys.tolist()], dtype=numpy.int64).reshape(-1, 2)
-        values = numpy.asarray(values, dtype="f8")
-        row_ids += [owner, owner]
-        cols += [pairs[:, 0], pairs[:, 1]]
-        vals += [values, values]
-    # Duplicate (doc, row) entries are summed, as the layer sums both hashed rows.
-    X = csr_matrix((numpy.concatenate(vals), (numpy.concatenate(row_ids), numpy.concatenate(cols))), shape=(len(docs), length))
+    X = hashed_design(extractor, length, docs, batch_size=batch_size)
     y = numpy.r_[numpy.ones(len(docs)), numpy.zeros(len(docs))]
     weights = numpy.r_[p_positive, 1.0 - p_positive]
     regression = LogisticRegression(C=C, max_iter=max_iter).fit(vstack([X, X]).tocsr(), y, sample_weight=weights)

@@ -1,0 +1,87 @@
+"""Probe: the fitted character block (step `student-chars`) with the mean of the doc's static
+vectors as more features of the same logistic regression: [hashed char features | s * mean vector].
+
+Fits on every teacher-labelled doc (soft labels, as ``spacy-distill.fit_char_ngrams.v1``,
+C = 10) for each scale s of the mean vector (0: the chars alone; the char rows have norm 1,
+the mean vectors ~0.14) and prints the mean macro-F on dev (where s would be chosen), test and
+the out-of-domain sets (reported only). Results: metrics/student_mean_vectors.md §6.
+
+    python benchmarks/probe_chars_and_mean_vectors.py training/student_chars \
+        training/teacher_vectors corpus/labelled corpus/dev.spacy corpus/test.spacy \
+        ../shared/data/ood --scales 0,1,3,10
+"""
+
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy
+import spacy
+import typer
+from scipy.sparse import csr_matrix, hstack, vstack
+from sklearn.linear_model import LogisticRegression
+from spacy.tokens import Doc
+
+from spacy_distill.evaluation.data import read_ood, read_test
+from spacy_distill.evaluation.scoring import score
+from spacy_distill.pipeline.readers import iter_labelled_docs
+from spacy_distill.pipeline.teacher_scores import get_teacher_probs
+from spacy_distill.pipeline.weights import _char_blocks, hashed_design
+
+LANGS = ["de", "en", "es", "fr", "ja", "zh"]
+LABELS = ["NEGATIVE", "POSITIVE"]
+
+
+def mean_vectors(docs: List[Doc]) -> numpy.ndarray:
+    """The mean static vector of each doc's tokens that have one (zeros if none)."""
+    vectors = docs[0].vocab.vectors
+    table = numpy.asarray(vectors.data)
+    out = numpy.zeros((len(docs), table.shape[1]))
+    for i, doc in enumerate(docs):
+        rows = [r for r in (vectors.find(key=t.orth) for t in doc) if r >= 0]
+        if rows:
+            out[i] = table[rows].mean(0)
+    return out
+
+
+def main(
+    chars_path: Path = typer.Argument(..., exists=True, help="The fitted char block's pipeline"),
+    vectors_path: Path = typer.Argument(..., exists=True, help="A pipeline with the static vectors"),
+    labelled: Path = typer.Argument(..., exists=True, help="Teacher-labelled DocBins"),
+    dev: Path = typer.Argument(..., exists=True, help="Gold dev DocBin"),
+    test: Path = typer.Argument(..., exists=True, help="Gold test DocBin"),
+    ood_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Out-of-domain .tsv sets"),
+    scales: str = typer.Option("0,1,3,10", "--scales", help="Scales of the mean vector, comma-separated"),
+    C: float = typer.Option(10.0, "--c", help="Inverse L2 strength"),
+) -> None:
+    """Print the mean macro-F of each joint regression on each set."""
+    chars, vec = spacy.load(chars_path), spacy.load(vectors_path)
+    (extractor, linear), = _char_blocks(chars.get_pipe("textcat").model)
+    length = linear.get_dim("length")
+    start = time.time()
+    docs = [doc for _, doc in iter_labelled_docs(labelled, vec.vocab, require_teacher=True)]
+    p = numpy.asarray([get_teacher_probs(doc)["POSITIVE"] for doc in docs])
+    train_x, train_v = hashed_design(extractor, length, docs), mean_vectors(docs)
+    typer.echo(f"{len(docs)} docs, features in {time.time() - start:.0f}s; mean vector norm {numpy.linalg.norm(train_v, axis=1).mean():.3f}")
+    sets: Dict[str, Tuple[List[str], List[Tuple[str, str]]]] = {"dev": read_test(dev, LANGS), "test": read_test(test, LANGS)}
+    for path in sorted(ood_dir.glob("*.tsv")):
+        sets[path.stem] = read_ood(path)
+    features = {}
+    for name, (texts, gold) in sets.items():
+        set_docs = [vec.make_doc(text) for text in texts]
+        features[name] = (hashed_design(extractor, length, set_docs), mean_vectors(set_docs), gold)
+    y = numpy.r_[numpy.ones(len(docs)), numpy.zeros(len(docs))]
+    weights = numpy.r_[p, 1 - p]
+    for s in [float(x) for x in scales.split(",")]:
+        start = time.time()
+        X = hstack([train_x, csr_matrix(train_v * s)]).tocsr() if s else train_x
+        regression = LogisticRegression(C=C, max_iter=2000).fit(vstack([X, X]).tocsr(), y, sample_weight=weights)
+        parts = []
+        for name, (x, v, gold) in features.items():
+            pred = [LABELS[int(z > 0)] for z in regression.decision_function(hstack([x, csr_matrix(v * s)]).tocsr() if s else x)]
+            parts.append(f"{name} {score(gold, pred, sorted({lang for lang, _ in gold}), LABELS)['mean']['macro_f']:.2f}")
+        typer.echo(f"s={s} ({time.time() - start:.0f}s): " + "  ".join(parts))
+
+
+if __name__ == "__main__":
+    typer.run(main)
