@@ -62,8 +62,9 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
     """The student architecture in words, from its [components.textcat.model] block.
 
     model_cfg (Dict[str, Any]): The model block of the pipeline's config.
-    mix_weight (Optional[float]): A LogitMix's weight as chosen on dev (the
-        pipeline's ``meta["mix_weight"]["weight"]``); None: the config's.
+    mix_weight (Optional[float]): The mix weight chosen on dev (the pipeline's
+        ``meta["mix_weight"]["weight"]``: a LogitMix's, or that of the mix folded into
+        the model by ``spacy-distill.fold_char_mix.v1``); None: none (or the config's).
     RETURNS (str): Markdown.
     """
     name = model_cfg.get("@architectures", "")
@@ -86,7 +87,17 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
     )
     if parts:
         text += ", plus " + sparse + " whose logits are added"
-    return f"{text} (`{name}`)"
+    text += f" (`{name}`)"
+    if mix_weight is not None:
+        # spacy-distill.fold_char_mix.v1: the mix folded into this architecture's weights.
+        w = float(mix_weight)
+        text += (
+            f"; its weights are those of the trained model mixed with its character n-gram block fitted to "
+            f"convergence (a logistic regression on the teacher's soft labels): the char weights are {1 - w:.2f} x "
+            f"trained + {w:.2f} x fitted, the other blocks' outputs scaled by {1 - w:.2f} (`spacy-distill.fold_char_mix.v1`, "
+            "the weight chosen on gold dev)"
+        )
+    return text
 
 
 def card(meta: Dict[str, Any], results: Dict[str, Any], teacher_name: str, architecture: str) -> str:

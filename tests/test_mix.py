@@ -19,13 +19,16 @@ from spacy_distill.pipeline.mix import (
     MIX_WEIGHT,
     build_logit_mix,
     choose_mix_weight,
+    create_fold_char_mix,
     create_init_logit_mix,
+    output_terms,
 )
 from spacy_distill.pipeline.models import predict_with_token_vectors
 
 from .util import (
     SOFT_DATA,
     STUDENT_BOW_CONFIG,
+    STUDENT_CHARS_CONFIG,
     assert_fits_soft_data,
     blank_xx,
     run_without_torch,
@@ -239,13 +242,99 @@ def _model_block(path: Path, *keys: str) -> Dict[str, Any]:
     return dict(block)
 
 
-def test_mix_config_holds_exactly_the_two_trained_models():
+def test_mix_configs_hold_exactly_the_students_model():
     configs = ROOT / "configs"
-    assert _model_block(configs / "student_mix.cfg", "first") == _model_block(configs / "student.cfg")
-    assert _model_block(configs / "student_mix.cfg", "second") == _model_block(configs / "student_chars.cfg")
-    mix, student = (Config().from_disk(configs / name, interpolate=False) for name in ("student_mix.cfg", "student.cfg"))
-    assert mix["nlp"] == student["nlp"]
-    assert mix["initialize"]["components"] == student["initialize"]["components"]
+    student = _model_block(configs / "student.cfg")
+    assert _model_block(configs / "student_mix.cfg") == student
+    # The fitted block is the student's own char block, so that the mix folds into it.
+    assert _model_block(configs / "student_chars.cfg", "bow") == dict(student["bow"]["*"]["chars"])
+    mix, base = (Config().from_disk(configs / name, interpolate=False) for name in ("student_mix.cfg", "student.cfg"))
+    assert mix["nlp"] == base["nlp"] and mix["components"] == base["components"]
+    assert mix["initialize"]["components"] == base["initialize"]["components"]
+    assert mix["initialize"]["after_init"]["@callbacks"] == "spacy-distill.fold_char_mix.v1"
+
+
+# The fold: the student with a char block (STUDENT_CHARS_CONFIG) and that block fitted alone.
+CHARS_BLOCK = STUDENT_CHARS_CONFIG["model"]["bow"]["*"]["chars"]
+
+
+@pytest.fixture(scope="module")
+def fold_parts(tmp_path_factory) -> Tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("fold")
+    trained(STUDENT_CHARS_CONFIG, 15, 0).to_disk(root / "student")
+    block = {"@architectures": "spacy-distill.NgramTextCat.v1", "bow": {**CHARS_BLOCK, "no_output_layer": True}}
+    trained({"model": block}, 15, 1).to_disk(root / "chars")
+    return root / "student", root / "chars"
+
+
+def folded(parts: Tuple[Path, Path], **kwargs: Any) -> Language:
+    nlp = blank_xx()
+    nlp.add_pipe("distill_textcat", name="textcat", config=copy.deepcopy(STUDENT_CHARS_CONFIG))
+    nlp.initialize(lambda: soft_examples(nlp))
+    create_fold_char_mix(*parts, **kwargs)(nlp)
+    return nlp
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.9, 1.0])
+def test_fold_predicts_the_mix(fold_parts, weight):
+    nlp = folded(fold_parts, weight=weight)
+    student, chars = (spacy.load(p) for p in fold_parts)
+    texts = [*TEXTS, "Great, terrible.", "x"]
+    expected = (1 - weight) * logits(student, texts) + weight * logits(chars, texts)
+    numpy.testing.assert_allclose(logits(nlp, texts), expected, rtol=1e-5, atol=1e-5)
+    assert nlp.meta["mix_weight"]["weight"] == weight
+    # The same as the general LogitMix of the two pipelines.
+    mix = blank_xx()
+    config = mix_config(weight)
+    config["model"]["first"] = copy.deepcopy(STUDENT_CHARS_CONFIG["model"])
+    config["model"]["second"] = {"@architectures": "spacy-distill.NgramTextCat.v1", "bow": {**CHARS_BLOCK, "no_output_layer": True}}
+    mix.add_pipe("distill_textcat", name="textcat", config=config)
+    mix.initialize(lambda: soft_examples(mix))
+    create_init_logit_mix(*fold_parts)(mix)
+    for text in texts:
+        assert nlp(text).cats == pytest.approx(mix(text).cats, abs=1e-5)
+
+
+def test_output_terms_scale_the_logits(fold_parts):
+    model = spacy.load(fold_parts[0]).get_pipe("textcat").model
+    terms = output_terms(model)
+    # The BiLSTM's output layer, the word n-grams and the char n-grams.
+    assert [t.name for t in terms] == ["linear", "sparse_linear", "sparse_linear"]
+    docs = [spacy.load(fold_parts[0]).make_doc(t) for t in TEXTS]
+    before = model.predict(docs)
+    for term in terms:
+        term.set_param("W", term.get_param("W") * 0.25)
+        term.set_param("b", term.get_param("b") * 0.25)
+    numpy.testing.assert_allclose(model.predict(docs), 0.25 * before, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_chooses_on_dev_and_round_trips(fold_parts, tmp_path):
+    dev = tmp_path / "dev.spacy"
+    nlp0 = blank_xx()
+    DocBin(docs=[eg.reference for eg in gold_examples(nlp0, SOFT_DATA)]).to_disk(dev)
+    nlp = folded(fold_parts, dev=dev, weights=[0.1, 0.6])
+    chosen = nlp.meta["mix_weight"]
+    assert chosen["weight"] in (0.1, 0.6) and set(chosen["scores"]) == {"0.1", "0.6"}
+    assert chosen["scores"][str(chosen["weight"])] == max(chosen["scores"].values())
+    nlp.to_disk(tmp_path / "folded")
+    loaded = spacy.load(tmp_path / "folded")
+    numpy.testing.assert_allclose(logits(loaded, TEXTS), logits(nlp, TEXTS), rtol=1e-6)
+    texts = ["", *TEXTS[:3], ""]
+    assert [d.cats for d in loaded.pipe(texts, batch_size=2)] == [loaded(t).cats for t in texts]
+    assert loaded.meta["mix_weight"]["weight"] == chosen["weight"]
+
+
+def test_fold_errors_say_what(fold_parts, parts, tmp_path):
+    with pytest.raises(ValueError, match="no trained pipeline at"):
+        folded((tmp_path / "missing", fold_parts[1]))
+    # The chars model of the LogitMix tests has a 4,096-row table, the student's 16,384.
+    with pytest.raises(ValueError, match="differ in length"):
+        folded((fold_parts[0], parts[1]))
+    # A student without a char block: its layers do not match, or no block to fold into.
+    with pytest.raises(ValueError, match="first from|exactly one character"):
+        folded((parts[0], fold_parts[1]))
+    with pytest.raises(ValueError, match="weight must be a number"):
+        create_fold_char_mix(*fold_parts, weight=1.2)
 
 
 def test_mixed_pipeline_loads_and_runs_without_torch(parts, tmp_path):

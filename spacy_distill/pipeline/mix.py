@@ -1,17 +1,20 @@
 """Two trained text classifiers as one: their logits mixed with a weight.
 
 ``spacy-distill.LogitMix.v1`` is ``(1 - weight) * first + weight * second`` on the
-logits (for two exclusive classes, the same mix of the log-odds). It ships the
-jointly trained BiLSTM student (``first``, whose token vectors it exposes for
-``doc.tensor`` and the server's ``/encode``) together with its character n-gram
-block fitted to convergence on its own (``second``,
-``spacy-distill.fit_char_ngrams.v1``): trained apart the two make different errors,
-and the mix scores 1.4 dev points above the student (78.55 vs 77.13, w = 0.9;
-metrics/student_mean_vectors.md §6), where the same block frozen inside the student lost 2.7.
+logits (for two exclusive classes, the same mix of the log-odds), exposing
+``first``'s token vectors (``doc.tensor``, the server's ``/encode``). The
+``[initialize.after_init]`` callback ``spacy-distill.init_logit_mix.v1`` assembles
+it from two trained pipelines (``spacy assemble``) and chooses the weight on dev.
 
-The ``[initialize.after_init]`` callback ``spacy-distill.init_logit_mix.v1``
-assembles it from the two trained pipelines (``spacy assemble configs/student_mix.cfg``):
-it copies both models' weights in and chooses the weight on the gold dev set. Numpy/thinc only: the pipeline runs without torch.
+The shipped student is such a mix: the jointly trained BiLSTM student and its
+character n-gram block fitted to convergence on its own
+(``spacy-distill.fit_char_ngrams.v1``). Trained apart the two make different
+errors: the mix scores 78.50 dev against the student's 77.13 (w = 0.9;
+metrics/student_mean_vectors.md §6), where the same block frozen inside the student
+lost 2.7. As the fitted block has exactly the features of the student's own char
+block, ``spacy-distill.fold_char_mix.v1`` folds the mix into the student's
+architecture (the mix is linear in that block's weights), so it costs nothing at
+inference. Numpy/thinc only: the pipelines run without torch.
 """
 
 from pathlib import Path
@@ -214,17 +217,171 @@ def choose_mix_weight(
     score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
     RETURNS (Dict[str, float]): The score of each weight.
     """
-    where = f"choose_mix_weight ({component})"
-    model = _mix_model(nlp, component, where)
+    model = _mix_model(nlp, component, f"choose_mix_weight ({component})")
+
+    def apply(w: float) -> None:
+        model.attrs[MIX_WEIGHT] = float(w)
+
+    return choose_weight(nlp, examples, weights, apply, score=score)
+
+
+def choose_weight(
+    nlp: Language,
+    examples: List[Example],
+    weights: Sequence[float],
+    apply: Callable[[float], None],
+    *,
+    score: str = "cats_score",
+) -> Dict[str, float]:
+    """Apply each weight, score the pipeline on gold examples, keep the best (the first of equals).
+
+    Records every score in ``nlp.meta["mix_weight"]`` (the model card reads it).
+
+    nlp (Language): The pipeline.
+    examples (List[Example]): Gold dev examples.
+    weights (Sequence[float]): The weights to try, each in [0, 1].
+    apply (Callable[[float], None]): Puts one weight into the pipeline.
+    score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
+    RETURNS (Dict[str, float]): The score of each weight.
+    """
+    where = "choose_weight"
     scores: Dict[str, float] = {}
     for w in weights:
         check_weight(w, where)
-        model.attrs[MIX_WEIGHT] = float(w)
+        apply(float(w))
         result = nlp.evaluate(examples)
         if result.get(score) is None:
             raise ValueError(f"{where}: the evaluation gave no {score!r} (it gave {sorted(result)})")
         scores[str(float(w))] = float(result[score])
     best = max(weights, key=lambda w: scores[str(float(w))])
-    model.attrs[MIX_WEIGHT] = float(best)
+    apply(float(best))
     nlp.meta["mix_weight"] = {"weight": float(best), "score": score, "scores": scores}
     return scores
+
+
+def output_terms(model: Model) -> List[Model]:
+    """The affine layers whose outputs sum to a model's logits.
+
+    Follows chains and wrappers to their last layer and ``add`` (and
+    ``add_logits``) into every summand, down to layers with weights ``W`` and
+    ``b``: scaling those scales the logits (checked numerically where it matters,
+    see ``create_fold_char_mix``).
+
+    model (Model): A model from docs to logits (e.g. ``spacy-distill.BiLSTMTextCat.v2``).
+    RETURNS (List[Model]): The output layers, one per summand.
+    """
+    if model.name in ("add", "add_logits"):
+        return [term for layer in model.layers for term in output_terms(layer)]
+    if not model.layers:
+        if not (model.has_param("W") and model.has_param("b")):
+            raise ValueError(f"output_terms: {model.name!r} ends a summand but is not an affine layer (W, b)")
+        return [model]
+    return output_terms(model.layers[-1])
+
+
+@registry.callbacks("spacy-distill.fold_char_mix.v1")
+def create_fold_char_mix(
+    first: Union[str, Path],
+    second: Union[str, Path],
+    dev: Optional[Union[str, Path]] = None,
+    weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    weight: float = 0.5,
+    component: str = "textcat",
+    score: str = "cats_score",
+    tolerance: float = 1e-4,
+) -> Callable[[Language], None]:
+    """An ``[initialize.after_init]`` callback: a LogitMix folded into the first model's own architecture.
+
+    When ``second`` is a character n-gram block alone (``spacy-distill.NgramTextCat.v1``
+    over ``spacy-distill.CharNgramBOW.v1``) with the same n-grams and table length as
+    the character block inside ``first``, the mix ``(1 - w) * first + w * second`` is
+    linear in that block's weights: it *is* ``first``'s architecture with the char
+    block's weights ``(1 - w) * W_first + w * W_second`` and every other summand's
+    output layer scaled by ``1 - w``. The pipeline (configured exactly as ``first``)
+    gets those weights: the mix's predictions at the cost of ``first`` alone (one
+    feature extraction, one table). With ``dev``, the weight of ``weights`` that
+    scores best there is kept (else ``weight``); every score goes to
+    ``nlp.meta["mix_weight"]``. The folded logits are checked against the two
+    models' on the dev docs (or a probe text) and any difference above
+    ``tolerance`` is an error.
+
+    first (Union[str, Path]): The trained pipeline whose architecture this one has.
+    second (Union[str, Path]): The trained (fitted) character block alone.
+    dev (Optional[Union[str, Path]]): Gold dev docs; None keeps ``weight``.
+    weights (Sequence[float]): The weights of ``second`` to try on dev, each in [0, 1].
+    weight (float): The weight without ``dev``.
+    component (str): The component, in the three pipelines.
+    score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
+    tolerance (float): Largest allowed difference between the folded and mixed logits.
+    RETURNS (Callable[[Language], None]): The callback.
+    """
+    name = "spacy-distill.fold_char_mix.v1"
+    if not weights:
+        raise ValueError(f"{name}: no weights to choose from")
+    for w in (*weights, weight):
+        check_weight(w, name)
+
+    def fold_char_mix(nlp: Language) -> None:
+        from .weights import _char_blocks
+
+        where = f"{name} ({first}, {second}, {component})"
+        if component not in nlp.pipe_names:
+            raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+        labels = list(nlp.get_pipe(component).labels)
+        sources = []
+        for path in (Path(first), Path(second)):
+            if not (path / "config.cfg").exists():
+                raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
+            source = spacy.load(path)
+            if component not in source.pipe_names:
+                raise ValueError(f"{where}: {path} has no {component!r} (it has {source.pipe_names})")
+            if list(source.get_pipe(component).labels) != labels:
+                raise ValueError(f"{where}: {path} has the labels {list(source.get_pipe(component).labels)}, this pipeline {labels}")
+            sources.append(source.get_pipe(component).model)
+        model_a, model_b = sources
+        model = nlp.get_pipe(component).model
+        try:
+            copy_weights(model_a, model)
+        except ValueError as e:
+            raise ValueError(f"{where}: first from {first}: {e}") from None
+        blocks, blocks_b = _char_blocks(model), _char_blocks(model_b)
+        if len(blocks) != 1 or len(blocks_b) != 1:
+            raise ValueError(f"{where}: needs exactly one character n-gram block in each model (this one has {len(blocks)}, {second} has {len(blocks_b)})")
+        (extractor, linear), (extractor_b, linear_b) = blocks[0], blocks_b[0]
+        for key in ("min_n", "max_n", "lowercase"):
+            if extractor.attrs.get(key) != extractor_b.attrs.get(key):
+                raise ValueError(f"{where}: the char blocks differ in {key} ({extractor.attrs.get(key)} vs {extractor_b.attrs.get(key)} in {second})")
+        if linear.get_dim("length") != linear_b.get_dim("length"):
+            raise ValueError(f"{where}: the char blocks' tables differ in length ({linear.get_dim('length')} vs {linear_b.get_dim('length')} in {second})")
+        terms = output_terms(model)
+        if not any(term is linear for term in terms):
+            raise ValueError(f"{where}: the char block is not a summand of the logits")
+        trained = {id(term): (term.get_param("W").copy(), term.get_param("b").copy()) for term in terms}
+        fitted = (linear_b.get_param("W"), linear_b.get_param("b"))
+
+        def apply(w: float) -> None:
+            for term in terms:
+                W, b = trained[id(term)]
+                if term is linear:
+                    term.set_param("W", (1.0 - w) * W + w * fitted[0])
+                    term.set_param("b", (1.0 - w) * b + w * fitted[1])
+                else:
+                    term.set_param("W", (1.0 - w) * W)
+                    term.set_param("b", (1.0 - w) * b)
+
+        examples = list(Corpus(Path(dev))(nlp)) if dev is not None else []
+        if dev is not None and not examples:
+            raise ValueError(f"{where}: no docs at {dev}")
+        if examples:
+            choose_weight(nlp, examples, weights, apply, score=score)
+        else:
+            apply(float(weight))
+            nlp.meta["mix_weight"] = {"weight": float(weight), "score": None, "scores": {}}
+        w = float(nlp.meta["mix_weight"]["weight"])
+        docs = [eg.predicted for eg in examples[:500]] or [nlp.make_doc("a probe text, ein Test, テスト")]
+        expected = (1.0 - w) * model_a.predict(docs) + w * model_b.predict(docs)
+        diff = float(abs(model.predict(docs) - expected).max())
+        if diff > tolerance:
+            raise ValueError(f"{where}: the folded logits differ from the mix by {diff:.2e} (more than {tolerance}): the model's summands are not what the fold assumes")
+
+    return fold_char_mix
