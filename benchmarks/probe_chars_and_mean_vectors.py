@@ -8,12 +8,15 @@ the out-of-domain sets (reported only). Results: metrics/student_mean_vectors.md
 
     python benchmarks/probe_chars_and_mean_vectors.py training/student_chars \
         training/teacher_vectors corpus/labelled corpus/dev.spacy corpus/test.spacy \
-        ../shared/data/ood --scales 0,1,3,10
+        ../shared/data/ood --scales 0,1,3,10 [--mix-with training/student/model-best]
+
+With ``--mix-with``, each regression's log-odds are also mixed with that pipeline's,
+(1 - w) * student + w * regression, for each of ``--mix-weights``.
 """
 
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy
 import spacy
@@ -53,6 +56,8 @@ def main(
     ood_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Out-of-domain .tsv sets"),
     scales: str = typer.Option("0,1,3,10", "--scales", help="Scales of the mean vector, comma-separated"),
     C: float = typer.Option(10.0, "--c", help="Inverse L2 strength"),
+    mix_with: Optional[Path] = typer.Option(None, "--mix-with", exists=True, help="A pipeline (the student) to mix each regression's log-odds with"),
+    mix_weights: str = typer.Option("0.6,0.7,0.8,0.9,1.0", "--mix-weights", help="Weights of the regression in the mix"),
 ) -> None:
     """Print the mean macro-F of each joint regression on each set."""
     chars, vec = spacy.load(chars_path), spacy.load(vectors_path)
@@ -70,6 +75,13 @@ def main(
     for name, (texts, gold) in sets.items():
         set_docs = [vec.make_doc(text) for text in texts]
         features[name] = (hashed_design(extractor, length, set_docs), mean_vectors(set_docs), gold)
+    student_odds = {}
+    if mix_with is not None:
+        student = spacy.load(mix_with)
+        for name, (texts, _) in sets.items():
+            p_pos = numpy.asarray([doc.cats["POSITIVE"] for doc in student.pipe(texts, batch_size=256)])
+            p_pos = numpy.clip(p_pos, 1e-7, 1 - 1e-7)
+            student_odds[name] = numpy.log(p_pos / (1 - p_pos))
     y = numpy.r_[numpy.ones(len(docs)), numpy.zeros(len(docs))]
     weights = numpy.r_[p, 1 - p]
     for s in [float(x) for x in scales.split(",")]:
@@ -77,10 +89,18 @@ def main(
         X = hstack([train_x, csr_matrix(train_v * s)]).tocsr() if s else train_x
         regression = LogisticRegression(C=C, max_iter=2000).fit(vstack([X, X]).tocsr(), y, sample_weight=weights)
         parts = []
+        mixes: Dict[float, List[str]] = {}
         for name, (x, v, gold) in features.items():
-            pred = [LABELS[int(z > 0)] for z in regression.decision_function(hstack([x, csr_matrix(v * s)]).tocsr() if s else x)]
-            parts.append(f"{name} {score(gold, pred, sorted({lang for lang, _ in gold}), LABELS)['mean']['macro_f']:.2f}")
+            odds = regression.decision_function(hstack([x, csr_matrix(v * s)]).tocsr() if s else x)
+            langs = sorted({lang for lang, _ in gold})
+            pred = [LABELS[int(z > 0)] for z in odds]
+            parts.append(f"{name} {score(gold, pred, langs, LABELS)['mean']['macro_f']:.2f}")
+            for w in ([float(x) for x in mix_weights.split(",")] if student_odds else []):
+                mixed = [LABELS[int(z > 0)] for z in (1 - w) * student_odds[name] + w * odds]
+                mixes.setdefault(w, []).append(f"{name} {score(gold, mixed, langs, LABELS)['mean']['macro_f']:.2f}")
         typer.echo(f"s={s} ({time.time() - start:.0f}s): " + "  ".join(parts))
+        for w, mix_parts in mixes.items():
+            typer.echo(f"  mixed with the student, w={w}: " + "  ".join(mix_parts))
 
 
 if __name__ == "__main__":

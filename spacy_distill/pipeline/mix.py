@@ -138,6 +138,23 @@ def _mix_model(nlp: Language, component: str, where: str) -> Model:
     return model
 
 
+def _source_models(nlp: Language, paths: Sequence[Union[str, Path]], component: str, where: str) -> List[Model]:
+    """The models of ``component`` in trained pipelines, their labels checked against ``nlp``'s."""
+    labels = list(nlp.get_pipe(component).labels)
+    models = []
+    for path in map(Path, paths):
+        if not (path / "config.cfg").exists():
+            raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
+        source = spacy.load(path)
+        if component not in source.pipe_names:
+            raise ValueError(f"{where}: {path} has no {component!r} (it has {source.pipe_names})")
+        source_labels = list(source.get_pipe(component).labels)
+        if source_labels != labels:
+            raise ValueError(f"{where}: {path} has the labels {source_labels}, this pipeline {labels}")
+        models.append(source.get_pipe(component).model)
+    return models
+
+
 @registry.callbacks("spacy-distill.init_logit_mix.v1")
 def create_init_logit_mix(
     first: Union[str, Path],
@@ -174,18 +191,10 @@ def create_init_logit_mix(
     def init_logit_mix(nlp: Language) -> None:
         where = f"{name} ({first}, {second}, {component})"
         model = _mix_model(nlp, component, where)
-        labels = list(nlp.get_pipe(component).labels)
-        for ref, path in (("first", Path(first)), ("second", Path(second))):
-            if not (path / "config.cfg").exists():
-                raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
-            source = spacy.load(path)
-            if component not in source.pipe_names:
-                raise ValueError(f"{where}: {path} has no {component!r} (it has {source.pipe_names})")
-            source_labels = list(source.get_pipe(component).labels)
-            if source_labels != labels:
-                raise ValueError(f"{where}: {path} has the labels {source_labels}, the mix {labels}")
+        sources = _source_models(nlp, (first, second), component, where)
+        for ref, path, source in zip(("first", "second"), (first, second), sources):
             try:
-                copy_weights(source.get_pipe(component).model, model.get_ref(ref))
+                copy_weights(source, model.get_ref(ref))
             except ValueError as e:
                 raise ValueError(f"{where}: {ref} from {path}: {e}") from None
         if dev is not None:
@@ -327,18 +336,7 @@ def create_fold_char_mix(
         where = f"{name} ({first}, {second}, {component})"
         if component not in nlp.pipe_names:
             raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
-        labels = list(nlp.get_pipe(component).labels)
-        sources = []
-        for path in (Path(first), Path(second)):
-            if not (path / "config.cfg").exists():
-                raise ValueError(f"{where}: no trained pipeline at {path} (no config.cfg)")
-            source = spacy.load(path)
-            if component not in source.pipe_names:
-                raise ValueError(f"{where}: {path} has no {component!r} (it has {source.pipe_names})")
-            if list(source.get_pipe(component).labels) != labels:
-                raise ValueError(f"{where}: {path} has the labels {list(source.get_pipe(component).labels)}, this pipeline {labels}")
-            sources.append(source.get_pipe(component).model)
-        model_a, model_b = sources
+        model_a, model_b = _source_models(nlp, (first, second), component, where)
         model = nlp.get_pipe(component).model
         try:
             copy_weights(model_a, model)
