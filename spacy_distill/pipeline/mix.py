@@ -30,7 +30,7 @@ from thinc.layers.add import init as add_init
 from thinc.types import Floats2d
 
 from .models import FORWARD_WITH_TOKEN_VECTORS, TokenVectorsOutput, logits_forward
-from .weights import copy_weights
+from .weights import _char_blocks, copy_weights
 
 # The model attribute holding the weight of ``second``. A float in ``attrs`` is
 # serialized with the weights, so the weight chosen at initialization
@@ -129,10 +129,28 @@ def _mix(
     return logits, backprop
 
 
-def _mix_model(nlp: Language, component: str, where: str) -> Model:
+def _check_weights(name: str, weights: Sequence[float], *more: float) -> None:
+    if not weights:
+        raise ValueError(f"{name}: no weights to choose from")
+    for w in (*weights, *more):
+        check_weight(w, name)
+
+
+def _pipe_model(nlp: Language, component: str, where: str) -> Model:
     if component not in nlp.pipe_names:
         raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
-    model = nlp.get_pipe(component).model
+    return nlp.get_pipe(component).model
+
+
+def _dev_examples(nlp: Language, dev: Union[str, Path], where: str) -> List[Example]:
+    examples = list(Corpus(Path(dev))(nlp))
+    if not examples:
+        raise ValueError(f"{where}: no docs at {dev}")
+    return examples
+
+
+def _mix_model(nlp: Language, component: str, where: str) -> Model:
+    model = _pipe_model(nlp, component, where)
     if MIX_WEIGHT not in model.attrs:
         raise ValueError(f"{where}: the model of {component!r} is {model.name!r}, not a spacy-distill.LogitMix.v1")
     return model
@@ -183,10 +201,7 @@ def create_init_logit_mix(
     RETURNS (Callable[[Language], None]): The callback.
     """
     name = "spacy-distill.init_logit_mix.v1"
-    if not weights:
-        raise ValueError(f"{name}: no weights to choose from")
-    for w in weights:
-        check_weight(w, name)
+    _check_weights(name, weights)
 
     def init_logit_mix(nlp: Language) -> None:
         where = f"{name} ({first}, {second}, {component})"
@@ -198,10 +213,7 @@ def create_init_logit_mix(
             except ValueError as e:
                 raise ValueError(f"{where}: {ref} from {path}: {e}") from None
         if dev is not None:
-            examples = list(Corpus(Path(dev))(nlp))
-            if not examples:
-                raise ValueError(f"{where}: no docs at {dev}")
-            choose_mix_weight(nlp, examples, weights, component=component, score=score)
+            choose_mix_weight(nlp, _dev_examples(nlp, dev, where), weights, component=component, score=score)
 
     return init_logit_mix
 
@@ -325,19 +337,12 @@ def create_fold_char_mix(
     RETURNS (Callable[[Language], None]): The callback.
     """
     name = "spacy-distill.fold_char_mix.v1"
-    if not weights:
-        raise ValueError(f"{name}: no weights to choose from")
-    for w in (*weights, weight):
-        check_weight(w, name)
+    _check_weights(name, weights, weight)
 
     def fold_char_mix(nlp: Language) -> None:
-        from .weights import _char_blocks
-
         where = f"{name} ({first}, {second}, {component})"
-        if component not in nlp.pipe_names:
-            raise ValueError(f"{where}: the pipeline has no {component!r} (it has {nlp.pipe_names})")
+        model = _pipe_model(nlp, component, where)
         model_a, model_b = _source_models(nlp, (first, second), component, where)
-        model = nlp.get_pipe(component).model
         try:
             copy_weights(model_a, model)
         except ValueError as e:
@@ -367,9 +372,7 @@ def create_fold_char_mix(
                     term.set_param("W", (1.0 - w) * W)
                     term.set_param("b", (1.0 - w) * b)
 
-        examples = list(Corpus(Path(dev))(nlp)) if dev is not None else []
-        if dev is not None and not examples:
-            raise ValueError(f"{where}: no docs at {dev}")
+        examples = _dev_examples(nlp, dev, where) if dev is not None else []
         if examples:
             choose_weight(nlp, examples, weights, apply, score=score)
         else:
