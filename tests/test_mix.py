@@ -246,12 +246,13 @@ def test_mix_configs_hold_exactly_the_students_model():
     configs = ROOT / "configs"
     student = _model_block(configs / "student.cfg")
     assert _model_block(configs / "student_mix.cfg") == student
-    # The fitted block is the student's own char block, so that the mix folds into it.
-    assert _model_block(configs / "student_chars.cfg", "bow") == dict(student["bow"]["*"]["chars"])
+    # The fitted blocks are the student's own char and mean-vectors blocks, so that the mix folds into them.
+    fitted = _model_block(configs / "student_chars.cfg", "bow")
+    assert fitted["*"] == {key: student["bow"]["*"][key] for key in ("chars", "vectors")}
     mix, base = (Config().from_disk(configs / name, interpolate=False) for name in ("student_mix.cfg", "student.cfg"))
     assert mix["nlp"] == base["nlp"] and mix["components"] == base["components"]
     assert mix["initialize"]["components"] == base["initialize"]["components"]
-    assert mix["initialize"]["after_init"]["@callbacks"] == "spacy-distill.fold_char_mix.v1"
+    assert mix["initialize"]["after_init"]["@callbacks"] == "spacy-distill.fold_linear_mix.v1"
 
 
 # The fold: the student with a char block (STUDENT_CHARS_CONFIG) and that block fitted alone.

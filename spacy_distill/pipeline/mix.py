@@ -30,7 +30,7 @@ from thinc.layers.add import init as add_init
 from thinc.types import Floats2d
 
 from .models import FORWARD_WITH_TOKEN_VECTORS, TokenVectorsOutput, logits_forward
-from .weights import _char_blocks, copy_weights
+from .weights import _char_blocks, _mean_vector_blocks, copy_weights
 
 # The model attribute holding the weight of ``second``. A float in ``attrs`` is
 # serialized with the weights, so the weight chosen at initialization
@@ -324,7 +324,7 @@ def create_fold_char_mix(
     scores best there is kept (else ``weight``); every score goes to
     ``nlp.meta["mix_weight"]``. The folded logits are checked against the two
     models' on the dev docs (or a probe text) and any difference above
-    ``tolerance`` is an error.
+    ``tolerance`` is an error. ``fold_linear_mix.v1`` also folds a mean-vectors block.
 
     first (Union[str, Path]): The trained pipeline whose architecture this one has.
     second (Union[str, Path]): The trained (fitted) character block alone.
@@ -337,9 +337,93 @@ def create_fold_char_mix(
     RETURNS (Callable[[Language], None]): The callback.
     """
     name = "spacy-distill.fold_char_mix.v1"
+    return _fold_mix(name, first, second, dev, weights, weight, component, score, tolerance, vectors=False)
+
+
+@registry.callbacks("spacy-distill.fold_linear_mix.v1")
+def create_fold_linear_mix(
+    first: Union[str, Path],
+    second: Union[str, Path],
+    dev: Optional[Union[str, Path]] = None,
+    weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    weight: float = 0.5,
+    component: str = "textcat",
+    score: str = "cats_score",
+    tolerance: float = 1e-4,
+) -> Callable[[Language], None]:
+    """An ``[initialize.after_init]`` callback: ``fold_char_mix.v1`` for every linear block of ``second``.
+
+    ``second`` is the student's linear blocks alone (``spacy-distill.NgramTextCat.v1``
+    over a character n-gram block and, optionally, a mean-vectors block
+    ``spacy-distill.MeanVectorsBOW.v1``; fitted jointly by
+    ``spacy-distill.fit_linear_blocks.v1``). Each of its blocks must have its twin in
+    ``first`` (same n-grams and table length; same vectors width): the mix is linear
+    in each twin's weights, so each gets ``(1 - w) * W_first + w * W_second`` and
+    every other summand of ``first`` (the BiLSTM, the word n-grams) is scaled by
+    ``1 - w``. The weight is chosen on ``dev`` and the folded logits checked as in
+    ``fold_char_mix.v1``.
+
+    first (Union[str, Path]): The trained pipeline whose architecture this one has.
+    second (Union[str, Path]): The trained (fitted) linear blocks alone.
+    dev (Optional[Union[str, Path]]): Gold dev docs; None keeps ``weight``.
+    weights (Sequence[float]): The weights of ``second`` to try on dev, each in [0, 1].
+    weight (float): The weight without ``dev``.
+    component (str): The component, in the three pipelines.
+    score (str): The score to maximize (a key of ``nlp.evaluate``'s result).
+    tolerance (float): Largest allowed difference between the folded and mixed logits.
+    RETURNS (Callable[[Language], None]): The callback.
+    """
+    name = "spacy-distill.fold_linear_mix.v1"
+    return _fold_mix(name, first, second, dev, weights, weight, component, score, tolerance, vectors=True)
+
+
+def _twin_terms(model: Model, model_b: Model, second: Union[str, Path], where: str, *, vectors: bool) -> List[Tuple[Model, Model]]:
+    """(output layer in ``model``, its fitted twin in ``model_b``) for every summand of ``model_b``."""
+    blocks, blocks_b = _char_blocks(model), _char_blocks(model_b)
+    if len(blocks) != 1 or len(blocks_b) != 1:
+        raise ValueError(f"{where}: needs exactly one character n-gram block in each model (this one has {len(blocks)}, {second} has {len(blocks_b)})")
+    (extractor, linear), (extractor_b, linear_b) = blocks[0], blocks_b[0]
+    for key in ("min_n", "max_n", "lowercase"):
+        if extractor.attrs.get(key) != extractor_b.attrs.get(key):
+            raise ValueError(f"{where}: the char blocks differ in {key} ({extractor.attrs.get(key)} vs {extractor_b.attrs.get(key)} in {second})")
+    if linear.get_dim("length") != linear_b.get_dim("length"):
+        raise ValueError(f"{where}: the char blocks' tables differ in length ({linear.get_dim('length')} vs {linear_b.get_dim('length')} in {second})")
+    twins = [(linear, linear_b)]
+    means, means_b = _mean_vector_blocks(model), _mean_vector_blocks(model_b)
+    if vectors and means_b:
+        if len(means) != 1 or len(means_b) != 1:
+            raise ValueError(f"{where}: needs exactly one mean-vectors block in each model (this one has {len(means)}, {second} has {len(means_b)})")
+        (_, out), (_, out_b) = means[0], means_b[0]
+        if out.get_dim("nI") != out_b.get_dim("nI"):
+            raise ValueError(f"{where}: the mean-vectors blocks differ in width ({out.get_dim('nI')} vs {out_b.get_dim('nI')} in {second})")
+        twins.append((out, out_b))
+    folded = {id(b) for _, b in twins}
+    unmatched = [term.name for term in output_terms(model_b) if id(term) not in folded]
+    if unmatched:
+        raise ValueError(f"{where}: {second} has summands this fold cannot match in the first model ({unmatched})")
+    terms = output_terms(model)
+    for term, _ in twins:
+        if not any(t is term for t in terms):
+            raise ValueError(f"{where}: the {term.name} block is not a summand of the logits")
+    return twins
+
+
+def _fold_mix(
+    name: str,
+    first: Union[str, Path],
+    second: Union[str, Path],
+    dev: Optional[Union[str, Path]],
+    weights: Sequence[float],
+    weight: float,
+    component: str,
+    score: str,
+    tolerance: float,
+    *,
+    vectors: bool,
+) -> Callable[[Language], None]:
     _check_weights(name, weights, weight)
 
-    def fold_char_mix(nlp: Language) -> None:
+    def fold_mix(nlp: Language) -> None:
         where = f"{name} ({first}, {second}, {component})"
         model = _pipe_model(nlp, component, where)
         model_a, model_b = _source_models(nlp, (first, second), component, where)
@@ -347,27 +431,17 @@ def create_fold_char_mix(
             copy_weights(model_a, model)
         except ValueError as e:
             raise ValueError(f"{where}: first from {first}: {e}") from None
-        blocks, blocks_b = _char_blocks(model), _char_blocks(model_b)
-        if len(blocks) != 1 or len(blocks_b) != 1:
-            raise ValueError(f"{where}: needs exactly one character n-gram block in each model (this one has {len(blocks)}, {second} has {len(blocks_b)})")
-        (extractor, linear), (extractor_b, linear_b) = blocks[0], blocks_b[0]
-        for key in ("min_n", "max_n", "lowercase"):
-            if extractor.attrs.get(key) != extractor_b.attrs.get(key):
-                raise ValueError(f"{where}: the char blocks differ in {key} ({extractor.attrs.get(key)} vs {extractor_b.attrs.get(key)} in {second})")
-        if linear.get_dim("length") != linear_b.get_dim("length"):
-            raise ValueError(f"{where}: the char blocks' tables differ in length ({linear.get_dim('length')} vs {linear_b.get_dim('length')} in {second})")
+        fitted = {id(term): (term_b.get_param("W"), term_b.get_param("b")) for term, term_b in _twin_terms(model, model_b, second, where, vectors=vectors)}
         terms = output_terms(model)
-        if not any(term is linear for term in terms):
-            raise ValueError(f"{where}: the char block is not a summand of the logits")
         trained = {id(term): (term.get_param("W").copy(), term.get_param("b").copy()) for term in terms}
-        fitted = (linear_b.get_param("W"), linear_b.get_param("b"))
 
         def apply(w: float) -> None:
             for term in terms:
                 W, b = trained[id(term)]
-                if term is linear:
-                    term.set_param("W", (1.0 - w) * W + w * fitted[0])
-                    term.set_param("b", (1.0 - w) * b + w * fitted[1])
+                if id(term) in fitted:
+                    W_b, b_b = fitted[id(term)]
+                    term.set_param("W", (1.0 - w) * W + w * W_b)
+                    term.set_param("b", (1.0 - w) * b + w * b_b)
                 else:
                     term.set_param("W", (1.0 - w) * W)
                     term.set_param("b", (1.0 - w) * b)
@@ -385,4 +459,4 @@ def create_fold_char_mix(
         if diff > tolerance:
             raise ValueError(f"{where}: the folded logits differ from the mix by {diff:.2e} (more than {tolerance}): the model's summands are not what the fold assumes")
 
-    return fold_char_mix
+    return fold_mix

@@ -1,0 +1,204 @@
+"""The student's linear blocks fitted jointly (``spacy-distill.fit_linear_blocks.v1``): the
+blocks' summed log-odds equal scikit-learn's logistic regression over [char features | scale x
+mean vector], on the teacher's labels as the student's reader corrects them; errors; and the
+fold of the fitted blocks into the student (``spacy-distill.fold_linear_mix.v1``)."""
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy
+import pytest
+import spacy
+from scipy.sparse import csr_matrix, hstack, vstack
+from spacy.language import Language
+from spacy.tokens import DocBin
+
+from spacy_distill.pipeline.mix import (
+    create_fold_char_mix,
+    create_fold_linear_mix,
+    create_init_logit_mix,
+)
+from spacy_distill.pipeline.readers import create_teacher_labelled_reader_v2
+from spacy_distill.pipeline.teacher_scores import get_teacher_probs, set_teacher_scores
+from spacy_distill.pipeline.weights import (
+    _char_blocks,
+    _mean_vector_blocks,
+    create_fit_linear_blocks,
+    hashed_design,
+)
+
+from .test_mean_vectors import with_vectors
+from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, train
+
+sklearn_linear = pytest.importorskip("sklearn.linear_model")
+
+CHARS = {**STUDENT_CHARS_CONFIG["model"]["bow"]["*"]["chars"], "no_output_layer": True}
+VECTORS = {"@architectures": "spacy-distill.MeanVectorsBOW.v1", "nO": None}
+BLOCKS = {"chars": {"chars": CHARS}, "vectors": {"vectors": VECTORS}, "both": {"chars": CHARS, "vectors": VECTORS}}
+# The student with its mean-vectors block (configs/student.cfg's shape, small).
+STUDENT = copy.deepcopy(STUDENT_CHARS_CONFIG)
+STUDENT["model"]["bow"]["*"]["vectors"] = VECTORS
+TEXTS = [text for text, _ in SOFT_DATA]
+
+
+def linear_model(blocks: str) -> Dict[str, Any]:
+    """configs/student_chars.cfg's model, small: the chosen blocks alone, summed."""
+    parts = copy.deepcopy(BLOCKS[blocks])
+    bow = {"@layers": "add.v1", "*": parts} if len(parts) > 1 else next(iter(parts.values()))
+    return {"model": {"@architectures": "spacy-distill.NgramTextCat.v1", "bow": bow}}
+
+
+def pipeline(config: Dict[str, Any]) -> Language:
+    nlp = with_vectors(blank_xx())
+    nlp.add_pipe("distill_textcat", name="textcat", config=copy.deepcopy(config))
+    nlp.initialize(lambda: soft_examples(nlp))
+    return nlp
+
+
+def labelled(root: Path, data=SOFT_DATA, part: str = "transfer") -> Path:
+    """A labelled corpus of one part: the teacher's scores, no gold cats (the prior is corrected)."""
+    nlp = blank_xx()
+    docs = []
+    for text, p in data:
+        doc = nlp.make_doc(text)
+        set_teacher_scores(doc, {"POSITIVE": p, "NEGATIVE": 1 - p}, {"POSITIVE": float(numpy.log(p)), "NEGATIVE": float(numpy.log(1 - p))})
+        doc.user_data["lang"] = "en"
+        docs.append(doc)
+    (root / part).mkdir(parents=True, exist_ok=True)
+    DocBin(docs=docs, store_user_data=True).to_disk(root / part / "docs.spacy")
+    return root
+
+
+def log_odds(nlp: Language, texts: List[str]) -> numpy.ndarray:
+    pipe = nlp.get_pipe("textcat")
+    scores = pipe.model.predict([nlp.make_doc(t) for t in texts])
+    labels = list(pipe.labels)
+    return numpy.asarray(scores[:, labels.index("POSITIVE")] - scores[:, labels.index("NEGATIVE")])
+
+
+def reference(nlp: Language, p: numpy.ndarray, texts: List[str], scale: float) -> Tuple[Any, Any]:
+    """scikit-learn's regression over the blocks' features, and its decision function on ``texts``."""
+    model = nlp.get_pipe("textcat").model
+    chars, vectors = _char_blocks(model), _mean_vector_blocks(model)
+
+    def design(batch: List[str]):
+        docs = [nlp.make_doc(t) for t in batch]
+        parts = [hashed_design(extractor, linear.get_dim("length"), docs) for extractor, linear in chars]
+        parts += [csr_matrix(scale * numpy.asarray(mean.predict(docs), dtype="f8")) for mean, _ in vectors]
+        return hstack(parts).tocsr()
+
+    X = design(TEXTS)
+    regression = sklearn_linear.LogisticRegression(C=10.0, max_iter=2000).fit(
+        vstack([X, X]).tocsr(), numpy.r_[numpy.ones(len(p)), numpy.zeros(len(p))], sample_weight=numpy.r_[p, 1 - p]
+    )
+    return regression, regression.decision_function(design(texts))
+
+
+@pytest.mark.parametrize("blocks", ["chars", "vectors", "both"])
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_fitted_blocks_give_the_regressions_log_odds(tmp_path, blocks, scale):
+    nlp = pipeline(linear_model(blocks))
+    create_fit_linear_blocks(labelled(tmp_path), component="textcat", prior_correction=False, vectors_scale=scale)(nlp)
+    texts = [*TEXTS, "great broke", "Great, terrible.", "nothing known"]
+    p = numpy.asarray([p for _, p in SOFT_DATA])
+    _, expected = reference(nlp, p, texts, scale)
+    numpy.testing.assert_allclose(log_odds(nlp, texts), expected, rtol=1e-4, atol=1e-4)
+    if blocks == "vectors":
+        # 3 weights cannot fit the 12 texts; the vectors alone still order "great" over "terrible".
+        assert log_odds(nlp, ["great"])[0] > log_odds(nlp, ["terrible"])[0]
+    else:
+        assert ((log_odds(nlp, TEXTS) > 0) == (p > 0.5)).all()
+
+
+def test_prior_correction_fits_the_readers_labels(tmp_path):
+    # A teacher that calls most text POSITIVE: the reader shifts its logits to a uniform prior.
+    data = [(text, min(0.97, p + 0.3)) for text, p in SOFT_DATA]
+    root = labelled(tmp_path, data)
+    corrected, plain = pipeline(linear_model("both")), pipeline(linear_model("both"))
+    create_fit_linear_blocks(root, component="textcat", prior_correction=True)(corrected)
+    create_fit_linear_blocks(root, component="textcat", prior_correction=False)(plain)
+    read = create_teacher_labelled_reader_v2(str(root), prior_correction=True)
+    q = numpy.asarray([get_teacher_probs(eg.reference)["POSITIVE"] for eg in read(corrected)])
+    # One step of the correction (TeacherLabelled.v2) moves the mean towards 1/2.
+    p = numpy.asarray([p for _, p in data])
+    assert p.mean() > 0.7 and abs(q.mean() - 0.5) < abs(p.mean() - 0.5) / 2
+    _, expected = reference(corrected, q, TEXTS, 1.0)
+    numpy.testing.assert_allclose(log_odds(corrected, TEXTS), expected, rtol=1e-4, atol=1e-4)
+    # The uncorrected fit leans POSITIVE: a higher log-odds on every text.
+    assert (log_odds(plain, TEXTS) > log_odds(corrected, TEXTS)).all()
+
+
+@pytest.mark.parametrize(
+    "config,kwargs,message",
+    [
+        (linear_model("both"), {"vectors_scale": 0.0}, "vectors_scale must be > 0"),
+        ({"model": {**STUDENT_CHARS_CONFIG["model"], "bow": None}}, {}, "no linear block to fit"),
+        (linear_model("both"), {"component": "other"}, "has no 'other'"),
+    ],
+)
+def test_callback_names_what_is_wrong(tmp_path, config, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_fit_linear_blocks(labelled(tmp_path), **{"component": "textcat", **kwargs})(pipeline(config))
+
+
+def test_callback_refuses_other_labels(tmp_path):
+    nlp = with_vectors(blank_xx())
+    nlp.add_pipe("distill_textcat", name="textcat", config=linear_model("both")).add_label("MAYBE")
+    with pytest.raises(ValueError, match="needs the labels NEGATIVE and POSITIVE"):
+        create_fit_linear_blocks(labelled(tmp_path), component="textcat")(nlp)
+
+
+@pytest.fixture(scope="module")
+def fold_parts(tmp_path_factory) -> Tuple[Path, Path]:
+    """The student with char and mean-vectors blocks, trained; the two blocks alone, fitted."""
+    root = tmp_path_factory.mktemp("fold_linear")
+    student = with_vectors(blank_xx())
+    student.add_pipe("distill_textcat", name="textcat", config=copy.deepcopy(STUDENT))
+    train(student, soft_examples(student), n_iter=15, seed=0)
+    student.to_disk(root / "student")
+    fitted = pipeline(linear_model("both"))
+    create_fit_linear_blocks(labelled(root / "labelled"), component="textcat")(fitted)
+    fitted.to_disk(root / "linear")
+    return root / "student", root / "linear"
+
+
+def folded(parts: Tuple[Path, Path], fold=create_fold_linear_mix, **kwargs: Any) -> Language:
+    nlp = pipeline(STUDENT)
+    fold(*parts, **kwargs)(nlp)
+    return nlp
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4, 0.9, 1.0])
+def test_fold_predicts_the_mix(fold_parts, weight):
+    nlp = folded(fold_parts, weight=weight)
+    texts = [*TEXTS, "great broke", "", "x"]
+    student, fitted = (spacy.load(p) for p in fold_parts)
+    expected = (1 - weight) * log_odds(student, texts) + weight * log_odds(fitted, texts)
+    numpy.testing.assert_allclose(log_odds(nlp, texts), expected, rtol=1e-5, atol=1e-5)
+    # The same as the general LogitMix of the two pipelines.
+    mix = with_vectors(blank_xx())
+    config = {"model": {"@architectures": "spacy-distill.LogitMix.v1", "weight": weight, "first": copy.deepcopy(STUDENT["model"]), "second": linear_model("both")["model"]}}
+    mix.add_pipe("distill_textcat", name="textcat", config=config)
+    mix.initialize(lambda: soft_examples(mix))
+    create_init_logit_mix(*fold_parts)(mix)
+    for doc, text in zip(nlp.pipe(texts, batch_size=3), texts):
+        assert doc.cats == pytest.approx(mix(text).cats, abs=1e-5)
+
+
+def test_fold_round_trips(fold_parts, tmp_path):
+    nlp = folded(fold_parts, weight=0.7)
+    nlp.to_disk(tmp_path / "folded")
+    loaded = spacy.load(tmp_path / "folded")
+    numpy.testing.assert_allclose(log_odds(loaded, TEXTS), log_odds(nlp, TEXTS), rtol=1e-6)
+    assert loaded.meta["mix_weight"]["weight"] == pytest.approx(0.7)
+
+
+def test_the_char_fold_refuses_a_block_it_cannot_fold(fold_parts):
+    with pytest.raises(ValueError, match="summands this fold cannot match"):
+        folded(fold_parts, fold=create_fold_char_mix, weight=0.5)
+    # A fitted model with a mean-vectors block but a student without one.
+    nlp = pipeline(STUDENT_CHARS_CONFIG)
+    with pytest.raises(ValueError, match="first from|exactly one mean-vectors block"):
+        create_fold_linear_mix(*fold_parts, weight=0.5)(nlp)
+
