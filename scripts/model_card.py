@@ -58,13 +58,25 @@ def describe_sparse(cfg: Dict[str, Any]) -> str:
     return f"{what} (`{name}`, {int(cfg.get('length') or 0):,} rows)"
 
 
-def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None) -> str:
+# The folds of a mix into the student's weights: what each folds (the pipeline config's
+# [initialize.after_init] names the one that built it).
+FOLDED_BLOCKS = {
+    "spacy-distill.fold_char_mix.v1": ("its character n-gram block fitted to convergence", "the char weights"),
+    "spacy-distill.fold_linear_mix.v1": (
+        "its character n-gram and mean-vectors blocks fitted jointly to convergence",
+        "the weights of those two blocks",
+    ),
+}
+
+
+def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None, fold: str = "spacy-distill.fold_char_mix.v1") -> str:
     """The student architecture in words, from its [components.textcat.model] block.
 
     model_cfg (Dict[str, Any]): The model block of the pipeline's config.
     mix_weight (Optional[float]): The mix weight chosen on dev (the pipeline's
         ``meta["mix_weight"]["weight"]``: a LogitMix's, or that of the mix folded into
-        the model by ``spacy-distill.fold_char_mix.v1``); None: none (or the config's).
+        the model by ``fold``); None: none (or the config's).
+    fold (str): The callback that folded the mix (a key of ``FOLDED_BLOCKS``).
     RETURNS (str): Markdown.
     """
     name = model_cfg.get("@architectures", "")
@@ -89,13 +101,13 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
         text += ", plus " + sparse + " whose logits are added"
     text += f" (`{name}`)"
     if mix_weight is not None:
-        # spacy-distill.fold_char_mix.v1: the mix folded into this architecture's weights.
+        # The mix folded into this architecture's weights.
         w = float(mix_weight)
+        fitted, weights = FOLDED_BLOCKS.get(fold, FOLDED_BLOCKS["spacy-distill.fold_char_mix.v1"])
         text += (
-            f"; its weights are those of the trained model mixed with its character n-gram block fitted to "
-            f"convergence (a logistic regression on the teacher's soft labels): the char weights are {1 - w:.2f} x "
-            f"trained + {w:.2f} x fitted, the other blocks' outputs scaled by {1 - w:.2f} (`spacy-distill.fold_char_mix.v1`, "
-            "the weight chosen on gold dev)"
+            f"; its weights are those of the trained model mixed with {fitted} (a logistic regression on the "
+            f"teacher's soft labels): {weights} are {1 - w:.2f} x trained + {w:.2f} x fitted, the other blocks' "
+            f"outputs scaled by {1 - w:.2f} (`{fold}`, the weight chosen on gold dev)"
         )
     return text
 
@@ -256,8 +268,11 @@ def main(
         shutil.rmtree(tmp)
     shutil.copytree(model_dir, tmp)
     write_json(tmp / "meta.json", meta)
-    model_cfg = spacy.util.load_config(model_dir / "config.cfg")["components"]["textcat"]["model"]
-    write_text(tmp / "README.md", card(meta, results, teacher, describe_architecture(model_cfg, meta.get("mix_weight", {}).get("weight"))))
+    pipeline_cfg = spacy.util.load_config(model_dir / "config.cfg")
+    model_cfg = pipeline_cfg["components"]["textcat"]["model"]
+    fold = str((pipeline_cfg.get("initialize", {}).get("after_init") or {}).get("@callbacks", "spacy-distill.fold_char_mix.v1"))
+    architecture = describe_architecture(model_cfg, meta.get("mix_weight", {}).get("weight"), fold)
+    write_text(tmp / "README.md", card(meta, results, teacher, architecture))
     if check_docs is not None:
         docs = DocBin().from_disk(check_docs).get_docs(spacy.blank("xx").vocab)
         texts = [doc.text for _, doc in zip(range(300), docs)]

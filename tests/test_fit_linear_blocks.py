@@ -89,7 +89,7 @@ def reference(nlp: Language, p: numpy.ndarray, texts: List[str], scale: float) -
         return hstack(parts).tocsr()
 
     X = design(TEXTS)
-    regression = sklearn_linear.LogisticRegression(C=10.0, max_iter=2000).fit(
+    regression = sklearn_linear.LogisticRegression(C=10.0, max_iter=2000, tol=1e-6).fit(
         vstack([X, X]).tocsr(), numpy.r_[numpy.ones(len(p)), numpy.zeros(len(p))], sample_weight=numpy.r_[p, 1 - p]
     )
     return regression, regression.decision_function(design(texts))
