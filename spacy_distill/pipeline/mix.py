@@ -7,13 +7,13 @@ logits (for two exclusive classes, the same mix of the log-odds), exposing
 it from two trained pipelines (``spacy assemble``) and chooses the weight on dev.
 
 The shipped student is such a mix: the jointly trained BiLSTM student and its
-character n-gram block fitted to convergence on its own
-(``spacy-distill.fit_char_ngrams.v1``). Trained apart the two make different
-errors: the mix scores 78.50 dev against the student's 77.13 (w = 0.9;
-metrics/student_mean_vectors.md §6), where the same block frozen inside the student
-lost 2.7. As the fitted block has exactly the features of the student's own char
-block, ``spacy-distill.fold_char_mix.v1`` folds the mix into the student's
-architecture (the mix is linear in that block's weights), so it costs nothing at
+linear blocks (character n-grams, mean static vector) fitted to convergence on
+their own (``spacy-distill.fit_linear_blocks.v1``). Trained apart the two make
+different errors (metrics/student_mean_vectors.md §6-7), where the char block
+frozen inside the student lost 2.7 dev points. As the fitted blocks have exactly
+the features of the student's own blocks, ``spacy-distill.fold_linear_mix.v1``
+(``fold_char_mix.v1`` for the char block alone) folds the mix into the student's
+architecture (the mix is linear in those blocks' weights), so it costs nothing at
 inference. Numpy/thinc only: the pipelines run without torch.
 """
 
