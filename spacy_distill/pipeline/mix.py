@@ -377,8 +377,13 @@ def create_fold_linear_mix(
     return _fold_mix(name, first, second, dev, weights, weight, component, score, tolerance, vectors=True)
 
 
-def _twin_terms(model: Model, model_b: Model, second: Union[str, Path], where: str, *, vectors: bool) -> List[Tuple[Model, Model]]:
-    """(output layer in ``model``, its fitted twin in ``model_b``) for every summand of ``model_b``."""
+def _twin_terms(
+    model: Model, terms: List[Model], model_b: Model, second: Union[str, Path], where: str, *, vectors: bool
+) -> List[Tuple[Model, Model]]:
+    """(output layer in ``model``, its fitted twin in ``model_b``) for every summand of ``model_b``.
+
+    ``terms`` are ``output_terms(model)``: every twin in ``model`` must be one of them.
+    """
     blocks, blocks_b = _char_blocks(model), _char_blocks(model_b)
     if len(blocks) != 1 or len(blocks_b) != 1:
         raise ValueError(f"{where}: needs exactly one character n-gram block in each model (this one has {len(blocks)}, {second} has {len(blocks_b)})")
@@ -401,7 +406,6 @@ def _twin_terms(model: Model, model_b: Model, second: Union[str, Path], where: s
     unmatched = [term.name for term in output_terms(model_b) if id(term) not in folded]
     if unmatched:
         raise ValueError(f"{where}: {second} has summands this fold cannot match in the first model ({unmatched})")
-    terms = output_terms(model)
     for term, _ in twins:
         if not any(t is term for t in terms):
             raise ValueError(f"{where}: the {term.name} block is not a summand of the logits")
@@ -431,20 +435,18 @@ def _fold_mix(
             copy_weights(model_a, model)
         except ValueError as e:
             raise ValueError(f"{where}: first from {first}: {e}") from None
-        fitted = {id(term): (term_b.get_param("W"), term_b.get_param("b")) for term, term_b in _twin_terms(model, model_b, second, where, vectors=vectors)}
         terms = output_terms(model)
+        twins = _twin_terms(model, terms, model_b, second, where, vectors=vectors)
+        fitted = {id(term): (term_b.get_param("W"), term_b.get_param("b")) for term, term_b in twins}
         trained = {id(term): (term.get_param("W").copy(), term.get_param("b").copy()) for term in terms}
 
         def apply(w: float) -> None:
+            # A summand without a fitted twin mixes with zero weights: it is scaled by 1 - w.
             for term in terms:
                 W, b = trained[id(term)]
-                if id(term) in fitted:
-                    W_b, b_b = fitted[id(term)]
-                    term.set_param("W", (1.0 - w) * W + w * W_b)
-                    term.set_param("b", (1.0 - w) * b + w * b_b)
-                else:
-                    term.set_param("W", (1.0 - w) * W)
-                    term.set_param("b", (1.0 - w) * b)
+                W_b, b_b = fitted.get(id(term), (0.0, 0.0))
+                term.set_param("W", (1.0 - w) * W + w * W_b)
+                term.set_param("b", (1.0 - w) * b + w * b_b)
 
         examples = _dev_examples(nlp, dev, where) if dev is not None else []
         if examples:
