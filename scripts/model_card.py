@@ -59,7 +59,8 @@ def describe_sparse(cfg: Dict[str, Any]) -> str:
 
 
 # The folds of a mix into the student's weights: what each folds (the pipeline config's
-# [initialize.after_init] names the one that built it).
+# [initialize.after_init] names the one that built it; the first fold when it names none).
+DEFAULT_FOLD = "spacy-distill.fold_char_mix.v1"
 FOLDED_BLOCKS = {
     "spacy-distill.fold_char_mix.v1": ("its character n-gram block fitted to convergence", "the char weights"),
     "spacy-distill.fold_linear_mix.v1": (
@@ -69,7 +70,7 @@ FOLDED_BLOCKS = {
 }
 
 
-def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None, fold: str = "spacy-distill.fold_char_mix.v1") -> str:
+def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None, fold: str = DEFAULT_FOLD) -> str:
     """The student architecture in words, from its [components.textcat.model] block.
 
     model_cfg (Dict[str, Any]): The model block of the pipeline's config.
@@ -103,7 +104,7 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
     if mix_weight is not None:
         # The mix folded into this architecture's weights.
         w = float(mix_weight)
-        fitted, weights = FOLDED_BLOCKS.get(fold, FOLDED_BLOCKS["spacy-distill.fold_char_mix.v1"])
+        fitted, weights = FOLDED_BLOCKS.get(fold, FOLDED_BLOCKS[DEFAULT_FOLD])
         text += (
             f"; its weights are those of the trained model mixed with {fitted} (a logistic regression on the "
             f"teacher's soft labels): {weights} are {1 - w:.2f} x trained + {w:.2f} x fitted, the other blocks' "
@@ -270,7 +271,7 @@ def main(
     write_json(tmp / "meta.json", meta)
     pipeline_cfg = spacy.util.load_config(model_dir / "config.cfg")
     model_cfg = pipeline_cfg["components"]["textcat"]["model"]
-    fold = str((pipeline_cfg.get("initialize", {}).get("after_init") or {}).get("@callbacks", "spacy-distill.fold_char_mix.v1"))
+    fold = str((pipeline_cfg.get("initialize", {}).get("after_init") or {}).get("@callbacks", DEFAULT_FOLD))
     architecture = describe_architecture(model_cfg, meta.get("mix_weight", {}).get("weight"), fold)
     write_text(tmp / "README.md", card(meta, results, teacher, architecture))
     if check_docs is not None:
