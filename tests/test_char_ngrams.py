@@ -167,7 +167,7 @@ pipeline = ["textcat"]
 factory = "distill_textcat"
 
 [components.textcat.model]
-@architectures = "spacy-distill.BiLSTMTextCat.v2"
+@architectures = "spacy-distill.BiLSTMTextCat.v3"
 depth = 1
 dropout = 0.0
 pooling = "meanmax"

@@ -248,6 +248,8 @@ def test_entry_points_load_everything_without_importing_the_package():
     for reg, name in [
         ("architectures", "spacy-distill.BiLSTMTextCat.v1"),
         ("architectures", "spacy-distill.BiLSTMTextCat.v2"),
+        ("architectures", "spacy-distill.BiLSTMTextCat.v3"),
+        ("layers", "spacy-distill.LSTM.v1"),
         ("layers", "spacy-distill.MeanMaxPool.v1"),
         ("losses", "spacy-distill.LogitMSE.v1"),
         ("losses", "spacy-distill.SoftCrossEntropy.v1"),

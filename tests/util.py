@@ -35,10 +35,10 @@ STUDENT_CONFIG = {
     "model": {"embed": {"width": 32, "rows": [1000, 500, 500, 500]}, "bow": None},
 }
 
-# BiLSTMTextCat.v2: the same BiLSTM plus the stock bag-of-n-grams model's logits.
+# BiLSTMTextCat.v3: the same BiLSTM (its LSTM trained: spacy-distill.LSTM.v1) plus the stock bag-of-n-grams model's logits.
 STUDENT_BOW_CONFIG = {
     "model": {
-        "@architectures": "spacy-distill.BiLSTMTextCat.v2",
+        "@architectures": "spacy-distill.BiLSTMTextCat.v3",
         "embed": {
             "@architectures": "spacy.MultiHashEmbed.v2",
             "width": 32,

@@ -38,7 +38,7 @@ from .teacher_scores import get_teacher_logits, get_teacher_probs
 # bag-of-n-grams model and hashed character 1-4-grams (thinc's add.v1).
 DEFAULT_DISTILL_MODEL_CONFIG = """
 [model]
-@architectures = "spacy-distill.BiLSTMTextCat.v2"
+@architectures = "spacy-distill.BiLSTMTextCat.v3"
 depth = 1
 dropout = 0.0
 pooling = "meanmax"
@@ -142,7 +142,7 @@ def make_distill_textcat(
     nlp (Language): The pipeline.
     name (str): The component's name.
     model (Model[List[Doc], Floats2d]): A model that outputs logits, e.g.
-        ``spacy-distill.BiLSTMTextCat.v2`` (the default) or ``.v1``.
+        ``spacy-distill.BiLSTMTextCat.v3`` (the default), ``.v2`` or ``.v1``.
     loss (Loss): A distillation loss from ``spacy_distill.pipeline.losses``.
     exclusive_classes (bool): One label per doc (softmax) or multi-label (sigmoid).
     threshold (float): Cut-off for a positive label in multi-label scoring.

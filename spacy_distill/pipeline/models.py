@@ -21,6 +21,7 @@ from thinc.layers.chain import init as chain_init
 from thinc.types import Floats2d
 
 from .layers import MeanMaxPool, output_width, with_nonempty, with_nonempty_docs
+from .lstm import LSTM as LSTMWithGradients
 
 # The model attribute through which a model exposes its token vectors: a function
 # ``(model, docs, is_train) -> ((logits, token_vectors), backprop)``, where
@@ -170,6 +171,39 @@ def add_logits_forward(
     return (logits, vectors), backprop
 
 
+def _build_bilstm(
+    embed: Model[List[Doc], List[Floats2d]],
+    lstm_layer: Callable[..., Model],
+    depth: int,
+    dropout: float,
+    pooling: str,
+    nO: Optional[int],
+) -> Model[List[Doc], Floats2d]:
+    # The BiLSTM classifier of v1 (thinc's LSTM) and v3 (spacy-distill.LSTM.v1).
+    width = output_width(embed)
+    if width % 2:
+        raise ValueError(f"BiLSTMTextCat: the embedding width must be even (two directions), got {width}")
+    # thinc's LSTM with bi=True splits nO between the two directions, so the
+    # encoder keeps the embedding width.
+    lstm = lstm_layer(nO=width, nI=width, bi=True, depth=depth, dropout=dropout)
+    pool = MeanMaxPool(pooling)
+    pool.set_dim("nI", width)
+    pool.set_dim("nO", width * (2 if pooling == "meanmax" else 1))
+    output = Linear(nO=nO, nI=pool.get_dim("nO"))
+    encoder = chain(embed, with_nonempty(with_padded(lstm)))
+    head = chain(pool, output)
+    model = encode_classify(encoder, head)
+    # Refs for scripts and tests that look at the parts (the component does not).
+    model.set_ref("encoder", encoder)
+    model.set_ref("head", head)
+    model.set_ref("embed", embed)
+    model.set_ref("output_layer", output)
+    model.attrs["outputs"] = "logits"
+    if nO is not None:
+        model.set_dim("nO", nO)
+    return model
+
+
 @registry.architectures("spacy-distill.BiLSTMTextCat.v1")
 def build_bilstm_textcat(
     embed: Model[List[Doc], List[Floats2d]],
@@ -193,28 +227,7 @@ def build_bilstm_textcat(
     nO (Optional[int]): Number of labels; inferred at initialization.
     RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
     """
-    width = output_width(embed)
-    if width % 2:
-        raise ValueError(f"BiLSTMTextCat: the embedding width must be even (two directions), got {width}")
-    # thinc's LSTM with bi=True splits nO between the two directions, so the
-    # encoder keeps the embedding width.
-    lstm = LSTM(nO=width, nI=width, bi=True, depth=depth, dropout=dropout)
-    pool = MeanMaxPool(pooling)
-    pool.set_dim("nI", width)
-    pool.set_dim("nO", width * (2 if pooling == "meanmax" else 1))
-    output = Linear(nO=nO, nI=pool.get_dim("nO"))
-    encoder = chain(embed, with_nonempty(with_padded(lstm)))
-    head = chain(pool, output)
-    model = encode_classify(encoder, head)
-    # Refs for scripts and tests that look at the parts (the component does not).
-    model.set_ref("encoder", encoder)
-    model.set_ref("head", head)
-    model.set_ref("embed", embed)
-    model.set_ref("output_layer", output)
-    model.attrs["outputs"] = "logits"
-    if nO is not None:
-        model.set_dim("nO", nO)
-    return model
+    return _build_bilstm(embed, LSTM, depth, dropout, pooling, nO)
 
 
 @registry.architectures("spacy-distill.BiLSTMTextCat.v2")
@@ -246,7 +259,13 @@ def build_bilstm_textcat_v2(
     nO (Optional[int]): Number of labels; inferred at initialization.
     RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
     """
-    bilstm = build_bilstm_textcat(embed, depth=depth, dropout=dropout, pooling=pooling, nO=nO)
+    return _add_bow(_build_bilstm(embed, LSTM, depth, dropout, pooling, nO), bow, nO)
+
+
+def _add_bow(
+    bilstm: Model[List[Doc], Floats2d], bow: Optional[Model[List[Doc], Floats2d]], nO: Optional[int]
+) -> Model[List[Doc], Floats2d]:
+    # v2 and v3: the BiLSTM's logits plus the bow block's, empty docs guarded.
     if bow is None:
         return bilstm
     if nO is not None:
@@ -260,6 +279,37 @@ def build_bilstm_textcat_v2(
     if nO is not None:
         model.set_dim("nO", nO)
     return model
+
+
+@registry.architectures("spacy-distill.BiLSTMTextCat.v3")
+def build_bilstm_textcat_v3(
+    embed: Model[List[Doc], List[Floats2d]],
+    bow: Optional[Model[List[Doc], Floats2d]] = None,
+    depth: int = 1,
+    dropout: float = 0.0,
+    pooling: str = "meanmax",
+    nO: Optional[int] = None,
+) -> Model[List[Doc], Floats2d]:
+    """``BiLSTMTextCat.v2`` whose LSTM trains: ``spacy-distill.LSTM.v1`` for thinc's LSTM.
+
+    thinc 8.3's CPU backward pass of the LSTM returns roughly the weights as their
+    gradient (``spacy_distill/pipeline/lstm.py``), so under v1 and v2 the LSTM's
+    weights decay to zero during training and its output is a constant: those
+    students are their linear blocks. v3 is the same model (same layer tree,
+    parameters and forward pass: v2 weights load into it and predict the same) with
+    the LSTM's true gradient.
+
+    embed (Model[List[Doc], List[Floats2d]]): Token embedding, usually the
+        stock ``spacy.MultiHashEmbed.v2``. Its width is the LSTM's width.
+    bow (Optional[Model[List[Doc], Floats2d]]): A model mapping docs to
+        logits, added to the BiLSTM's; None gives the BiLSTM alone.
+    depth (int): Number of stacked BiLSTM layers.
+    dropout (float): Dropout over the LSTM's weights during training.
+    pooling (str): "mean", "max" or "meanmax".
+    nO (Optional[int]): Number of labels; inferred at initialization.
+    RETURNS (Model[List[Doc], Floats2d]): Logits, one row per doc.
+    """
+    return _add_bow(_build_bilstm(embed, LSTMWithGradients, depth, dropout, pooling, nO), bow, nO)
 
 
 @registry.architectures("spacy-distill.NgramTextCat.v1")

@@ -1,0 +1,259 @@
+"""thinc's LSTM with a correct backward pass on CPU.
+
+thinc 8.3's ``NumpyOps.backprop_lstm`` (the Cython kernel every CPU model uses) fills
+its weight-gradient buffers from the *parameters* instead of zeros
+(``_split_weights(params, ...)`` where ``d_params`` was meant), so the gradient it
+returns is roughly the weights plus the true gradient, and the generic
+``Ops.backprop_lstm`` returns zeros. Under Adam, a gradient dominated by the weights
+is a step towards zero at the learning rate: the student's LSTM weights fell from
+0.25 to ~1e-5 (mean absolute value) within a few hundred updates, and every BiLSTM
+student trained here had a dead LSTM whose output was a constant
+(``tests/test_lstm.py`` checks the gradients against finite differences).
+
+This layer is thinc's ``LSTM`` — the same parameters ("LSTM", "HC0") in the same
+layout, the same initialization, thinc's own Cython forward passes — with the backward
+pass written here in numpy over the forward pass's saved state. Weights trained with
+either layer load into the other; inference runs exactly thinc's code.
+"""
+
+from functools import partial
+from typing import Callable, List, Optional, Sequence, Tuple, cast
+
+import numpy
+from spacy.util import registry
+from thinc.api import Model, Ops, glorot_uniform_init, zero_init
+from thinc.layers.lstm import _packed_to_padded, _padded_to_packed
+from thinc.layers.lstm import init as lstm_init
+from thinc.types import Floats1d, Floats2d, Floats4d, Padded, Ragged
+
+# The four gates of a hidden unit, in the order of thinc's fused kernels (the last
+# axis of its gate arrays): forget, input, output (sigmoids), candidate cell (tanh).
+N_GATES = 4
+
+
+@registry.layers("spacy-distill.LSTM.v1")
+def LSTM(
+    nO: Optional[int] = None,
+    nI: Optional[int] = None,
+    *,
+    bi: bool = False,
+    depth: int = 1,
+    dropout: float = 0.0,
+) -> Model[Padded, Padded]:
+    """thinc's ``LSTM.v1`` with a correct gradient for its weights on CPU.
+
+    nO (Optional[int]): Output width (split between the directions if ``bi``).
+    nI (Optional[int]): Input width.
+    bi (bool): Bidirectional.
+    depth (int): Number of stacked layers, at least 1.
+    dropout (float): Dropout over the weights during training (thinc's scheme).
+    RETURNS (Model[Padded, Padded]): The layer.
+    """
+    if depth < 1:
+        raise ValueError(f"spacy-distill.LSTM: depth must be at least 1, got {depth}")
+    return Model(
+        "lstm",
+        forward,
+        dims={"nO": nO, "nI": nI, "depth": depth, "dirs": 1 + int(bi)},
+        attrs={"registry_name": "spacy-distill.LSTM.v1", "dropout_rate": dropout},
+        params={"LSTM": None, "HC0": None},
+        init=partial(lstm_init, glorot_uniform_init, zero_init),
+    )
+
+
+def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[Padded, Callable]:
+    """thinc's LSTM forward pass; the backward pass is :func:`backprop_lstm`."""
+    ops = model.ops
+    Xr = _padded_to_packed(ops, Xp)
+    params = cast(Floats1d, model.get_param("LSTM"))
+    HC0 = cast(Floats4d, model.get_param("HC0"))
+    # thinc's layer passes (H0, C0) where its kernels name the arguments (c_init,
+    # h_init); kept as is, so that the outputs are thinc's to the bit (HC0 is zeros).
+    H0, C0 = HC0[0], HC0[1]
+    if not is_train:
+        Y = ops.lstm_forward_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
+        return _packed_to_padded(ops, Ragged(Y, Xr.lengths), Xp), _no_backprop
+    mask = cast(Floats1d, ops.get_dropout_mask(params.shape, model.attrs["dropout_rate"]))
+    params = cast(Floats1d, params * mask)
+    Y, fwd_state = ops.lstm_forward_training(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
+
+    def backprop(dYp: Padded) -> Padded:
+        dYr = _padded_to_packed(ops, dYp)
+        dX, d_params = backprop_lstm(ops, cast(Floats2d, dYr.data), dYr.lengths, params, fwd_state, H0, C0)
+        model.inc_grad("LSTM", cast(Floats1d, d_params * mask))
+        return _packed_to_padded(ops, Ragged(dX, dYr.lengths), dYp)
+
+    return _packed_to_padded(ops, Ragged(Y, Xr.lengths), Xp), backprop
+
+
+def _no_backprop(dYp: Padded) -> Padded:
+    raise ValueError("spacy-distill.LSTM: backprop called after a forward pass with is_train=False")
+
+
+def _layer_slices(nO: int, nI: int, offset: int) -> Tuple[slice, slice, slice, slice, int]:
+    """Where one layer-direction's Wx, bx, Wh, bh lie in the flat params (thinc's layout)."""
+    sizes = (N_GATES * nO * nI, N_GATES * nO, N_GATES * nO * nO, N_GATES * nO)
+    slices = []
+    for size in sizes:
+        slices.append(slice(offset, offset + size))
+        offset += size
+    return slices[0], slices[1], slices[2], slices[3], offset
+
+
+def _unit_major(W: numpy.ndarray, nO: int) -> numpy.ndarray:
+    # thinc stores each weight gate-major (4 blocks of nO rows) and its kernels run
+    # unit-major (a hidden unit's 4 gates side by side): (4 nO, k) -> (nO * 4, k).
+    return W.reshape((N_GATES, nO, -1)).transpose((1, 0, 2)).reshape((N_GATES * nO, -1))
+
+
+def _gate_major(W: numpy.ndarray, nO: int) -> numpy.ndarray:
+    return W.reshape((nO, N_GATES, -1)).transpose((1, 0, 2)).reshape((N_GATES * nO, -1))
+
+
+def backprop_lstm(
+    ops: Ops,
+    dY: Floats2d,
+    lengths: Sequence[int],
+    params: Floats1d,
+    fwd_state: Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray],
+    H0: numpy.ndarray,
+    C0: numpy.ndarray,
+) -> Tuple[Floats2d, Floats1d]:
+    """The gradients of thinc's LSTM forward pass, for its input and its flat params.
+
+    The forward state is the one ``ops.lstm_forward_training`` returns: per layer and
+    direction the hidden states Y, the activated gates G (unit-major: forget, input,
+    output, candidate) and the cells C, and the input X, all in packed time-major
+    order (``lengths`` = sequences alive at each step, non-increasing). Direction 0
+    runs forward in time, direction 1 backward from each sequence's end; both start
+    from the initial states (``H0``/``C0`` as the forward pass was given them).
+
+    ops (Ops): The ops (numpy arrays).
+    dY (Floats2d): Gradient of the output, (N, dirs * nO).
+    lengths (Sequence[int]): Batch size at each time step.
+    params (Floats1d): The flat parameters the forward pass used.
+    fwd_state (Tuple): (Y, G, C, X) of the forward pass.
+    H0 (numpy.ndarray): The forward pass's first initial-state argument, (depth, dirs, nO).
+    C0 (numpy.ndarray): Its second, (depth, dirs, nO).
+    RETURNS (Tuple[Floats2d, Floats1d]): dX (N, nI) and d_params (the params' shape).
+    """
+    xp = ops.xp
+    Y, G, C, X = fwd_state
+    depth, dirs, N, nO = C.shape
+    lengths = [int(n) for n in lengths]
+    starts = numpy.concatenate([[0], numpy.cumsum(lengths)[:-1]]).astype(int).tolist()
+    nT = len(lengths)
+    d_params = xp.zeros(params.shape, dtype="f")
+    # Each layer's input and where its params start.
+    inputs = [X] + [Y[i].transpose((1, 0, 2)).reshape((N, -1)) for i in range(depth - 1)]
+    offsets = []
+    offset = 0
+    for i in range(depth):
+        layer_offsets = []
+        for _ in range(dirs):
+            layer_offsets.append(offset)
+            offset = _layer_slices(nO, inputs[i].shape[1], offset)[4]
+        offsets.append(layer_offsets)
+    dY_layer = xp.asarray(dY, dtype="f").reshape((N, dirs, nO))
+    dX = xp.zeros(X.shape, dtype="f")
+    for i in reversed(range(depth)):
+        X_i = inputs[i]
+        nI = X_i.shape[1]
+        dX_i = xp.zeros((N, nI), dtype="f")
+        for d in range(dirs):
+            sWx, sbx, sWh, sbh, _ = _layer_slices(nO, nI, offsets[i][d])
+            Wx = _unit_major(params[sWx].reshape((N_GATES * nO, nI)), nO)
+            Wh = _unit_major(params[sWh].reshape((N_GATES * nO, nO)), nO)
+            # The forward pass's "c_init" argument holds its cells' start, "h_init" its
+            # hidden states' start (see forward()).
+            h_start = C0[i, d].reshape((1, nO))
+            c_start = H0[i, d].reshape((1, nO))
+            dG = _backprop_direction(
+                xp, d, dY_layer[:, d], Y[i, d], G[i, d], C[i, d], Wh, lengths, starts, nT, h_start, c_start
+            )
+            dWx = dG.T @ X_i
+            dWh = _backprop_recurrent_weights(xp, d, dG, Y[i, d], lengths, starts, nT, h_start)
+            d_bias = _gate_major(dG.sum(axis=0).reshape((-1, 1)), nO).ravel()
+            d_params[sWx] = _gate_major(dWx, nO).ravel()
+            d_params[sWh] = _gate_major(dWh, nO).ravel()
+            # The kernels add bx and bh into one bias: both get its gradient.
+            d_params[sbx] = d_bias
+            d_params[sbh] = d_bias
+            dX_i += dG @ Wx
+        if i == 0:
+            dX = dX_i
+        else:
+            dY_layer = dX_i.reshape((N, dirs, nO))
+    return cast(Floats2d, dX), cast(Floats1d, d_params)
+
+
+def _step_order(d: int, nT: int) -> List[int]:
+    # Direction 0 runs t = 0 .. nT-1; direction 1 runs t = nT-1 .. 0 (each sequence
+    # from its own end: sequences are sorted longest first, so the ones alive at t
+    # are the first lengths[t] rows of every step).
+    return list(range(nT)) if d == 0 else list(range(nT - 1, -1, -1))
+
+
+def _previous_rows(
+    xp, states: numpy.ndarray, start_state: numpy.ndarray, prev_t: Optional[int], size: int, lengths, starts
+) -> numpy.ndarray:
+    """The state each of the ``size`` rows of a step continues from."""
+    if prev_t is None:
+        return xp.repeat(start_state, size, axis=0)
+    n_prev = min(size, lengths[prev_t])
+    rows = states[starts[prev_t] : starts[prev_t] + n_prev]
+    if n_prev == size:
+        return rows
+    # Sequences that start at this step (direction 1 only) continue from the start state.
+    return xp.concatenate([rows, xp.repeat(start_state, size - n_prev, axis=0)])
+
+
+def _backprop_direction(
+    xp, d, dY, Y, G, C, Wh, lengths, starts, nT, h_start, c_start
+) -> numpy.ndarray:
+    """Backpropagation through time for one layer-direction: the gates' pre-activation gradients."""
+    nO = C.shape[1]
+    order = _step_order(d, nT)
+    dG = xp.zeros(G.shape, dtype="f")
+    # The gradient flowing into the previous step's hidden state and cell.
+    dh_next = xp.zeros((lengths[0], nO), dtype="f")
+    dc_next = xp.zeros((lengths[0], nO), dtype="f")
+    for k in range(nT - 1, -1, -1):
+        t = order[k]
+        prev_t = order[k - 1] if k else None
+        size, s = lengths[t], starts[t]
+        gates = G[s : s + size].reshape((size, nO, N_GATES))
+        hf, hi, ho, hc = gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3]
+        tanh_c = xp.tanh(C[s : s + size])
+        c_prev = _previous_rows(xp, C, c_start, prev_t, size, lengths, starts)
+        dh = dY[s : s + size] + dh_next[:size]
+        dc = dc_next[:size] + dh * ho * (1.0 - tanh_c**2)
+        dgates = xp.stack(
+            (
+                dc * c_prev * hf * (1.0 - hf),
+                dc * hc * hi * (1.0 - hi),
+                dh * tanh_c * ho * (1.0 - ho),
+                dc * hi * (1.0 - hc**2),
+            ),
+            axis=-1,
+        ).reshape((size, N_GATES * nO))
+        dG[s : s + size] = dgates
+        dh_next = xp.zeros((lengths[0], nO), dtype="f")
+        dc_next = xp.zeros((lengths[0], nO), dtype="f")
+        if prev_t is not None:
+            n_prev = min(size, lengths[prev_t])
+            dh_next[:n_prev] = (dgates @ Wh)[:n_prev]
+            dc_next[:n_prev] = (dc * hf)[:n_prev]
+    return dG
+
+
+def _backprop_recurrent_weights(xp, d, dG, Y, lengths, starts, nT, h_start) -> numpy.ndarray:
+    """The gradient of the hidden-to-gates weights (unit-major), one product per step."""
+    order = _step_order(d, nT)
+    nO = Y.shape[1]
+    dWh = xp.zeros((N_GATES * nO, nO), dtype="f")
+    for k, t in enumerate(order):
+        prev_t = order[k - 1] if k else None
+        size, s = lengths[t], starts[t]
+        dWh += dG[s : s + size].T @ _previous_rows(xp, Y, h_start, prev_t, size, lengths, starts)
+    return dWh
