@@ -70,7 +70,9 @@ FOLDED_BLOCKS = {
 }
 
 
-def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float] = None, fold: str = DEFAULT_FOLD) -> str:
+def describe_architecture(
+    model_cfg: Dict[str, Any], mix_weight: Optional[float] = None, fold: str = DEFAULT_FOLD, first_has_blocks: bool = True
+) -> str:
     """The student architecture in words, from its [components.textcat.model] block.
 
     model_cfg (Dict[str, Any]): The model block of the pipeline's config.
@@ -78,6 +80,8 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
         ``meta["mix_weight"]["weight"]``: a LogitMix's, or that of the mix folded into
         the model by ``fold``); None: none (or the config's).
     fold (str): The callback that folded the mix (a key of ``FOLDED_BLOCKS``).
+    first_has_blocks (bool): Whether the trained model had the fitted blocks too
+        (``meta["mix_weight"]["first_has_blocks"]``); False: the BiLSTM was trained alone.
     RETURNS (str): Markdown.
     """
     name = model_cfg.get("@architectures", "")
@@ -105,11 +109,18 @@ def describe_architecture(model_cfg: Dict[str, Any], mix_weight: Optional[float]
         # The mix folded into this architecture's weights.
         w = float(mix_weight)
         fitted, weights = FOLDED_BLOCKS.get(fold, FOLDED_BLOCKS[DEFAULT_FOLD])
-        text += (
-            f"; its weights are those of the trained model mixed with {fitted} (a logistic regression on the "
-            f"teacher's soft labels): {weights} are {1 - w:.2f} x trained + {w:.2f} x fitted, the other blocks' "
-            f"outputs scaled by {1 - w:.2f} (`{fold}`, the weight chosen on gold dev)"
-        )
+        if first_has_blocks:
+            text += (
+                f"; its weights are those of the trained model mixed with {fitted} (a logistic regression on the "
+                f"teacher's soft labels): {weights} are {1 - w:.2f} x trained + {w:.2f} x fitted, the other blocks' "
+                f"outputs scaled by {1 - w:.2f} (`{fold}`, the weight chosen on gold dev)"
+            )
+        else:
+            text += (
+                f"; the BiLSTM was trained alone and the linear blocks fitted apart ({fitted.replace('its ', '', 1)}, "
+                f"a logistic regression on the teacher's soft labels): the BiLSTM's output is scaled by {1 - w:.2f} "
+                f"and {weights} are {w:.2f} x fitted (`{fold}`, the weight chosen on gold dev)"
+            )
     return text
 
 
@@ -272,7 +283,8 @@ def main(
     pipeline_cfg = spacy.util.load_config(model_dir / "config.cfg")
     model_cfg = pipeline_cfg["components"]["textcat"]["model"]
     fold = str((pipeline_cfg.get("initialize", {}).get("after_init") or {}).get("@callbacks", DEFAULT_FOLD))
-    architecture = describe_architecture(model_cfg, meta.get("mix_weight", {}).get("weight"), fold)
+    mix = meta.get("mix_weight", {})
+    architecture = describe_architecture(model_cfg, mix.get("weight"), fold, bool(mix.get("first_has_blocks", True)))
     write_text(tmp / "README.md", card(meta, results, teacher, architecture))
     if check_docs is not None:
         docs = DocBin().from_disk(check_docs).get_docs(spacy.blank("xx").vocab)

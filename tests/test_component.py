@@ -229,7 +229,9 @@ def test_default_config_resolves_and_is_a_bilstm():
     assert tc.model.attrs["outputs"] == "logits"
     names = [layer.name for layer in tc.model.walk()]
     assert "lstm" in names and "meanmax_pool" in names
-    assert tc.model.has_ref("bow") and "sparse_linear" in names
+    # The BiLSTM alone, with the LSTM that trains (BiLSTMTextCat.v3).
+    assert not tc.model.has_ref("bow") and "sparse_linear" not in names
+    assert nlp.config["components"]["distill_textcat"]["model"]["@architectures"] == "spacy-distill.BiLSTMTextCat.v3"
     assert nlp.config["components"]["distill_textcat"]["loss"]["@losses"] == "spacy-distill.SoftCrossEntropy.v1"
 
 
@@ -309,3 +311,22 @@ def test_nonempty_docs_guard_scatters_rows_and_gradients():
     # Only the non-empty docs' rows reach the bias gradient.
     numpy.testing.assert_allclose(grad_b, [1.5, -0.5], atol=1e-6)
     assert model.predict([nlp.make_doc(""), nlp.make_doc("")]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_a_configured_bow_sum_keeps_exactly_its_own_blocks():
+    # spaCy fills a component's config from the factory's defaults: a default add.v1
+    # bow block would add its summands to the config's own sum (the shipped mix
+    # got a word n-gram block that way). The default has no bow block.
+    chars = {"@architectures": "spacy-distill.CharNgramBOW.v1", "exclusive_classes": True, "min_n": 1,
+             "max_n": 4, "length": 1024, "no_output_layer": True, "nO": None}
+    nlp = spacy.blank("xx")
+    nlp.add_pipe("distill_textcat", config={"model": {
+        "@architectures": "spacy-distill.BiLSTMTextCat.v3",
+        "embed": {"@architectures": "spacy.MultiHashEmbed.v2", "width": 16, "attrs": ["NORM"], "rows": [100],
+                  "include_static_vectors": False},
+        "bow": {"@layers": "add.v1", "*": {"a": chars, "b": {**chars, "max_n": 2}}},
+    }})
+    assert list(nlp.config["components"]["distill_textcat"]["model"]["bow"]["*"]) == ["a", "b"]
+    default = spacy.blank("xx")
+    default.add_pipe("distill_textcat")
+    assert default.config["components"]["distill_textcat"]["model"]["bow"] is None

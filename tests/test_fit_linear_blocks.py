@@ -202,3 +202,34 @@ def test_the_char_fold_refuses_a_block_it_cannot_fold(fold_parts):
     with pytest.raises(ValueError, match="first from|exactly one mean-vectors block"):
         create_fold_linear_mix(*fold_parts, weight=0.5)(nlp)
 
+
+
+# The shipped shape since the LSTM trains (spacy-distill.LSTM.v1): the BiLSTM student
+# alone, and the pipeline it is folded into, the BiLSTM plus the fitted blocks alone.
+ALONE = {"model": {**copy.deepcopy(STUDENT["model"]), "bow": None}}
+ALONE_MIXED = {"model": {**copy.deepcopy(STUDENT["model"]), "bow": {"@layers": "add.v1", "*": copy.deepcopy(BLOCKS["both"])}}}
+
+
+@pytest.fixture(scope="module")
+def alone_parts(tmp_path_factory, fold_parts) -> Tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("fold_alone")
+    student = with_vectors(blank_xx())
+    student.add_pipe("distill_textcat", name="textcat", config=copy.deepcopy(ALONE))
+    train(student, soft_examples(student), n_iter=15, seed=0)
+    student.to_disk(root / "student")
+    return root / "student", fold_parts[1]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4, 1.0])
+def test_fold_of_the_bilstm_alone_predicts_the_mix(alone_parts, weight, tmp_path):
+    nlp = pipeline(ALONE_MIXED)
+    create_fold_linear_mix(*alone_parts, weight=weight)(nlp)
+    texts = [*TEXTS, "great broke", "", "x"]
+    student, fitted = (spacy.load(p) for p in alone_parts)
+    # The BiLSTM alone is not constant: its LSTM trains.
+    assert numpy.std(log_odds(student, TEXTS)) > 1e-3
+    expected = (1 - weight) * log_odds(student, texts) + weight * log_odds(fitted, texts)
+    numpy.testing.assert_allclose(log_odds(nlp, texts), expected, rtol=1e-5, atol=1e-5)
+    nlp.to_disk(tmp_path / "folded")
+    numpy.testing.assert_allclose(log_odds(spacy.load(tmp_path / "folded"), texts), expected, rtol=1e-5, atol=1e-5)
+    assert [d.cats for d in nlp.pipe(texts, batch_size=2)] == [nlp(t).cats for t in texts]

@@ -90,6 +90,10 @@ def test_wheel_has_no_review_data(smoke_project):
         assert not [n for n in names if n.endswith((".csv", ".spacy", ".jsonl", ".conllu"))]
         assert any(n.endswith("README.md") for n in names)
         blob = "".join(zf.read(n).decode("utf8", errors="ignore") for n in names)
+        card = next(zf.read(n).decode("utf8") for n in names if n.endswith("README.md"))
+    # The model card says how the shipped student was built: the BiLSTM trained alone,
+    # the fitted linear blocks folded in.
+    assert "BiLSTMTextCat.v3" in card and "trained alone" in card and "fold_linear_mix.v1" in card
     corpus = smoke_project / "corpus"
     with (corpus / "train.jsonl").open(encoding="utf8") as f:
         texts = [json.loads(line)["text"] for line in f]

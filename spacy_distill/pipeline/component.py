@@ -33,9 +33,12 @@ from .losses import DistillLoss, DistillTargets
 from .models import predict_with_token_vectors
 from .teacher_scores import get_teacher_logits, get_teacher_probs
 
-# The workflow's student (configs/student.cfg), chosen on dev in metrics/ablation.md:
-# a width-16 BiLSTM whose logits are summed with two sparse linear models, the stock
-# bag-of-n-grams model and hashed character 1-4-grams (thinc's add.v1).
+# The workflow's student (configs/student.cfg): a width-16 BiLSTM alone (bow = null),
+# its LSTM trained by spacy-distill.LSTM.v1 (metrics/student_lstm.md); the shipped
+# student adds linear blocks fitted apart (configs/student_mix.cfg). The default has no
+# `bow` block on purpose: spaCy fills a config from these defaults, and a default
+# add.v1 block would add its summands to every config's own `bow` sum (a student
+# configured with char and mean-vector blocks would silently get a word block too).
 DEFAULT_DISTILL_MODEL_CONFIG = """
 [model]
 @architectures = "spacy-distill.BiLSTMTextCat.v3"
@@ -43,6 +46,7 @@ depth = 1
 dropout = 0.0
 pooling = "meanmax"
 nO = null
+bow = null
 
 [model.embed]
 @architectures = "spacy.MultiHashEmbed.v2"
@@ -50,26 +54,6 @@ width = 16
 attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
 rows = [5000, 2500, 2500, 2500]
 include_static_vectors = false
-
-[model.bow]
-@layers = "add.v1"
-
-[model.bow.*.words]
-@architectures = "spacy.TextCatBOW.v3"
-exclusive_classes = true
-ngram_size = 2
-no_output_layer = true
-length = 262144
-nO = null
-
-[model.bow.*.chars]
-@architectures = "spacy-distill.CharNgramBOW.v1"
-exclusive_classes = true
-min_n = 1
-max_n = 4
-length = 1048576
-no_output_layer = true
-nO = null
 """
 DEFAULT_DISTILL_MODEL = Config().from_str(DEFAULT_DISTILL_MODEL_CONFIG)["model"]
 

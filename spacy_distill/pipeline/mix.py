@@ -6,9 +6,9 @@ logits (for two exclusive classes, the same mix of the log-odds), exposing
 ``[initialize.after_init]`` callback ``spacy-distill.init_logit_mix.v1`` assembles
 it from two trained pipelines (``spacy assemble``) and chooses the weight on dev.
 
-The shipped student is such a mix: the jointly trained BiLSTM student and its
-linear blocks (character n-grams, mean static vector) fitted to convergence on
-their own (``spacy-distill.fit_linear_blocks.v1``). Trained apart the two make
+The shipped student is such a mix: the BiLSTM student and the linear blocks
+(character n-grams, mean static vector) fitted to convergence on their own
+(``spacy-distill.fit_linear_blocks.v1``). Trained apart the two make
 different errors (metrics/student_mean_vectors.md §6-7), where the char block
 frozen inside the student lost 2.7 dev points. As the fitted blocks have exactly
 the features of the student's own blocks, ``spacy-distill.fold_linear_mix.v1``
@@ -360,8 +360,11 @@ def create_fold_linear_mix(
     ``first`` (same n-grams and table length; same vectors width): the mix is linear
     in each twin's weights, so each gets ``(1 - w) * W_first + w * W_second`` and
     every other summand of ``first`` (the BiLSTM, the word n-grams) is scaled by
-    ``1 - w``. The weight is chosen on ``dev`` and the folded logits checked as in
-    ``fold_char_mix.v1``.
+    ``1 - w``. ``first`` may also be the BiLSTM alone (no ``bow`` block; the shipped
+    student since its LSTM trains, ``BiLSTMTextCat.v3``): its weights go into this
+    pipeline's BiLSTM and the blocks it lacks start from zero, so they hold
+    ``w * W_second``. The weight is chosen on ``dev`` and the folded logits checked as
+    in ``fold_char_mix.v1``.
 
     first (Union[str, Path]): The trained pipeline whose architecture this one has.
     second (Union[str, Path]): The trained (fitted) linear blocks alone.
@@ -431,14 +434,25 @@ def _fold_mix(
         where = f"{name} ({first}, {second}, {component})"
         model = _pipe_model(nlp, component, where)
         model_a, model_b = _source_models(nlp, (first, second), component, where)
+        # ``first`` may be the BiLSTM alone (no ``bow``: the linear blocks trained
+        # apart from it are all ``second``'s): its weights go into this model's
+        # BiLSTM summand, and the blocks it lacks mix from zero.
+        alone = model.has_ref("bow") and not model_a.has_ref("bow")
+        target = model.layers[0] if alone else model
         try:
-            copy_weights(model_a, model)
+            copy_weights(model_a, target)
         except ValueError as e:
             raise ValueError(f"{where}: first from {first}: {e}") from None
         terms = output_terms(model)
         twins = _twin_terms(model, terms, model_b, second, where, vectors=vectors)
         fitted = {id(term): (term_b.get_param("W"), term_b.get_param("b")) for term, term_b in twins}
-        trained = {id(term): (term.get_param("W").copy(), term.get_param("b").copy()) for term in terms}
+        copied = {id(term) for term in output_terms(target)}
+        trained = {
+            id(term): (term.get_param("W").copy(), term.get_param("b").copy())
+            if id(term) in copied
+            else (0.0 * term.get_param("W"), 0.0 * term.get_param("b"))
+            for term in terms
+        }
 
         def apply(w: float) -> None:
             # A summand without a fitted twin mixes with zero weights: it is scaled by 1 - w.
@@ -454,6 +468,8 @@ def _fold_mix(
         else:
             apply(float(weight))
             nlp.meta["mix_weight"] = {"weight": float(weight), "score": None, "scores": {}}
+        # Whether the fitted blocks were mixed with trained twins (False: the BiLSTM alone).
+        nlp.meta["mix_weight"]["first_has_blocks"] = not alone
         w = float(nlp.meta["mix_weight"]["weight"])
         docs = [eg.predicted for eg in examples[:500]] or [nlp.make_doc("a probe text, ein Test, テスト")]
         expected = (1.0 - w) * model_a.predict(docs) + w * model_b.predict(docs)
