@@ -219,8 +219,8 @@ TRADEOFF_BASE = {
     [
         ({}, True),
         ({"components.textcat.model.embed.width": 16}, False),
-        ({"components.textcat.model.bow": None}, False),
-        ({"components.textcat.model.bow.length": 1024}, False),
+        ({"components.textcat.model.depth": 2}, False),
+        ({"components.textcat.model.pooling": "mean"}, False),
         ({"training.max_steps": 10}, False),
         ({"paths.train": "elsewhere"}, False),
     ],
