@@ -215,7 +215,8 @@ def test_spacy_train_fits_the_idf_from_the_config(tmp_path):
     DocBin(docs=dev_docs).to_disk(tmp_path / "dev.spacy")
     config = Config().from_disk(Path(__file__).parent.parent / "configs" / "student.cfg", interpolate=False)
     model = config["components"]["textcat"]["model"]
-    model["bow"]["*"] = {"chars": {**BOW_V2}}
+    # configs/student.cfg is the BiLSTM alone: give it the char block.
+    model["bow"] = {**BOW_V2}
     model["embed"]["include_static_vectors"] = False
     config["initialize"]["vectors"] = None
     # No path: the callback reads the config's [paths] train, which --paths.train sets.

@@ -153,7 +153,8 @@ def test_spacy_train_fits_and_keeps_the_block(tmp_path):
     config = Config().from_disk(Path(__file__).parent.parent / "configs" / "student.cfg", interpolate=False)
     model = config["components"]["textcat"]["model"]
     chars = {"@architectures": "spacy-distill.CharNgramBOW.v1", "exclusive_classes": True, "length": 4096, "nO": None}
-    model["bow"]["*"] = {"chars": {"@layers": "spacy-distill.frozen.v1", "layer": chars}}
+    # configs/student.cfg is the BiLSTM alone: give it the (frozen) char block.
+    model["bow"] = {"@layers": "spacy-distill.frozen.v1", "layer": chars}
     model["embed"]["include_static_vectors"] = False
     config["initialize"]["vectors"] = None
     config["initialize"]["after_init"] = {"@callbacks": "spacy-distill.fit_char_ngrams.v1", "component": "textcat", "C": 10.0}
@@ -168,7 +169,7 @@ def test_spacy_train_fits_and_keeps_the_block(tmp_path):
     trained = spacy.load(tmp_path / "out" / "model-last")
     (_, linear), = _char_blocks(trained.get_pipe("textcat").model)
     reference = blank_xx()
-    reference.add_pipe("distill_textcat", config={"model": {**STUDENT_CHARS_CONFIG["model"], "bow": {"@layers": "add.v1", "*": {"chars": {"@layers": "spacy-distill.frozen.v1", "layer": chars}}}}})
+    reference.add_pipe("distill_textcat", config={"model": {**STUDENT_CHARS_CONFIG["model"], "bow": {"@layers": "spacy-distill.frozen.v1", "layer": chars}}})
     reference.initialize(lambda: soft_examples(reference))
     create_fit_char_ngrams(train, component="distill_textcat", C=10.0)(reference)
     (_, expected), = _char_blocks(reference.get_pipe("distill_textcat").model)
