@@ -155,7 +155,6 @@ def backprop_lstm(
             offset = _layer_slices(nO, inputs[i].shape[1], offset)[4]
         offsets.append(layer_offsets)
     dY_layer = xp.asarray(dY, dtype="f").reshape((N, dirs, nO))
-    dX = xp.zeros(X.shape, dtype="f")
     for i in reversed(range(depth)):
         X_i = inputs[i]
         nI = X_i.shape[1]
@@ -180,11 +179,10 @@ def backprop_lstm(
             d_params[sbx] = d_bias
             d_params[sbh] = d_bias
             dX_i += dG @ Wx
-        if i == 0:
-            dX = dX_i
-        else:
+        if i:
+            # The layer below's output gradient (after layer 0, dX_i is the input's).
             dY_layer = dX_i.reshape((N, dirs, nO))
-    return cast(Floats2d, dX), cast(Floats1d, d_params)
+    return cast(Floats2d, dX_i), cast(Floats1d, d_params)
 
 
 def _step_order(d: int, nT: int) -> List[int]:
@@ -215,7 +213,8 @@ def _backprop_direction(
     nO = C.shape[1]
     order = _step_order(d, nT)
     dG = xp.zeros(G.shape, dtype="f")
-    # The gradient flowing into the previous step's hidden state and cell.
+    # The gradient flowing into the previous step's hidden state and cell: the first
+    # rows of two buffers, reused at every step (zeros where no gradient flows).
     dh_next = xp.zeros((lengths[0], nO), dtype="f")
     dc_next = xp.zeros((lengths[0], nO), dtype="f")
     for k in range(nT - 1, -1, -1):
@@ -238,12 +237,13 @@ def _backprop_direction(
             axis=-1,
         ).reshape((size, N_GATES * nO))
         dG[s : s + size] = dgates
-        dh_next = xp.zeros((lengths[0], nO), dtype="f")
-        dc_next = xp.zeros((lengths[0], nO), dtype="f")
         if prev_t is not None:
-            n_prev = min(size, lengths[prev_t])
+            n_prev, prev_size = min(size, lengths[prev_t]), lengths[prev_t]
             dh_next[:n_prev] = (dgates @ Wh)[:n_prev]
             dc_next[:n_prev] = (dc * hf)[:n_prev]
+            # Rows of the previous step that this one does not continue (direction 0).
+            dh_next[n_prev:prev_size] = 0.0
+            dc_next[n_prev:prev_size] = 0.0
     return dG
 
 
