@@ -62,9 +62,9 @@ def describe_sparse(cfg: Dict[str, Any]) -> str:
 # [initialize.after_init] names the one that built it; the first fold when it names none).
 DEFAULT_FOLD = "spacy-distill.fold_char_mix.v1"
 FOLDED_BLOCKS = {
-    "spacy-distill.fold_char_mix.v1": ("its character n-gram block fitted to convergence", "the char weights"),
+    "spacy-distill.fold_char_mix.v1": ("character n-gram block fitted to convergence", "the char weights"),
     "spacy-distill.fold_linear_mix.v1": (
-        "its character n-gram and mean-vectors blocks fitted jointly to convergence",
+        "character n-gram and mean-vectors blocks fitted jointly to convergence",
         "the weights of those two blocks",
     ),
 }
@@ -111,13 +111,13 @@ def describe_architecture(
         fitted, weights = FOLDED_BLOCKS.get(fold, FOLDED_BLOCKS[DEFAULT_FOLD])
         if first_has_blocks:
             text += (
-                f"; its weights are those of the trained model mixed with {fitted} (a logistic regression on the "
+                f"; its weights are those of the trained model mixed with its {fitted} (a logistic regression on the "
                 f"teacher's soft labels): {weights} are {1 - w:.2f} x trained + {w:.2f} x fitted, the other blocks' "
                 f"outputs scaled by {1 - w:.2f} (`{fold}`, the weight chosen on gold dev)"
             )
         else:
             text += (
-                f"; the BiLSTM was trained alone and the linear blocks fitted apart ({fitted.replace('its ', '', 1)}, "
+                f"; the BiLSTM was trained alone and the linear blocks fitted apart ({fitted}, "
                 f"a logistic regression on the teacher's soft labels): the BiLSTM's output is scaled by {1 - w:.2f} "
                 f"and {weights} are {w:.2f} x fitted (`{fold}`, the weight chosen on gold dev)"
             )
