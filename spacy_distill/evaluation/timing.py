@@ -3,7 +3,9 @@ time (``nlp(text)``), with the timing passes of several systems interleaved so
 that their ratios compare the same stretches of a shared machine's time."""
 
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
+
+from thinc.api import Model
 
 from ..progress import progress_bar
 
@@ -84,4 +86,79 @@ def time_systems(
     return out
 
 
-__all__ = ["time_system", "time_systems"]
+def time_layers(model: Model, run: Callable[[], Any], repeats: int = 1) -> List[Dict[str, Any]]:
+    """Wall time spent in each layer of a thinc model while ``run`` runs.
+
+    Every node's forward function is wrapped with a timer for the duration of the
+    call (and restored afterwards, also on error), so the times are of the real
+    code path; a node's ``seconds`` include its children's, ``self_seconds`` do
+    not. Nested timers add ~0.2 µs per layer call: compare layers, not totals.
+
+    model (Model): The model whose layers are timed (e.g. a component's ``model``).
+    run (Callable[[], Any]): Runs the model (e.g. ``lambda: textcat.predict(docs)``).
+    repeats (int): Calls of ``run``; the times are per call.
+    RETURNS (List[Dict[str, Any]]): One row per layer, in ``model.walk()``'s
+        depth-first order: path (child indices from the root, "" for the root),
+        depth, name, calls, seconds, self_seconds.
+    """
+    if repeats < 1:
+        raise ValueError(f"time_layers: repeats must be at least 1, got {repeats}")
+    rows: List[Dict[str, Any]] = []
+    by_id: Dict[int, Dict[str, Any]] = {}
+
+    def visit(node: Model, path: str, depth: int) -> None:
+        # A layer shared between branches is timed once, where the walk first meets it.
+        if node.id in by_id:
+            return
+        row = {"path": path, "depth": depth, "name": node.name, "calls": 0, "seconds": 0.0, "children": []}
+        by_id[node.id] = row
+        rows.append(row)
+        for i, child in enumerate(node.layers):
+            if child.id not in by_id:
+                row["children"].append(child.id)
+            visit(child, f"{path}.{i}" if path else str(i), depth + 1)
+
+    visit(model, "", 0)
+    originals: Dict[int, Tuple[Model, Callable]] = {}
+
+    def timed(func: Callable, row: Dict[str, Any]) -> Callable:
+        def forward(node: Model, X: Any, is_train: bool) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(node, X, is_train)
+            finally:
+                row["seconds"] += time.perf_counter() - start
+                row["calls"] += 1
+        return forward
+
+    try:
+        for node in model.walk():
+            if node.id in by_id and node.id not in originals:
+                originals[node.id] = (node, node._func)
+                node._func = timed(node._func, by_id[node.id])
+        for _ in range(repeats):
+            run()
+    finally:
+        for node, func in originals.values():
+            node._func = func
+
+    def timed_below(node_id: int) -> float:
+        # A layer may call its grandchildren's forward directly (a combinator that
+        # never calls a chain it holds): look through children that ran no call.
+        total = 0.0
+        for child in by_id[node_id]["children"]:
+            total += by_id[child]["seconds"] if by_id[child]["calls"] else timed_below(child)
+        return total
+
+    for node_id, row in by_id.items():
+        row["self_seconds"] = max(0.0, row["seconds"] - timed_below(node_id))
+    for row in rows:
+        del row["children"]
+    for row in rows:
+        row["seconds"] /= repeats
+        row["self_seconds"] /= repeats
+        row["calls"] //= repeats
+    return rows
+
+
+__all__ = ["time_layers", "time_system", "time_systems"]
