@@ -3,7 +3,7 @@ time (``nlp(text)``), with the timing passes of several systems interleaved so
 that their ratios compare the same stretches of a shared machine's time."""
 
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List
 
 from thinc.api import Model
 
@@ -105,21 +105,24 @@ def time_layers(model: Model, run: Callable[[], Any], repeats: int = 1) -> List[
         raise ValueError(f"time_layers: repeats must be at least 1, got {repeats}")
     rows: List[Dict[str, Any]] = []
     by_id: Dict[int, Dict[str, Any]] = {}
+    nodes: Dict[int, Model] = {}
+    children: Dict[int, List[int]] = {}
 
     def visit(node: Model, path: str, depth: int) -> None:
         # A layer shared between branches is timed once, where the walk first meets it.
         if node.id in by_id:
             return
-        row = {"path": path, "depth": depth, "name": node.name, "calls": 0, "seconds": 0.0, "children": []}
-        by_id[node.id] = row
-        rows.append(row)
+        by_id[node.id] = {"path": path, "depth": depth, "name": node.name, "calls": 0, "seconds": 0.0}
+        rows.append(by_id[node.id])
+        nodes[node.id] = node
+        children[node.id] = []
         for i, child in enumerate(node.layers):
             if child.id not in by_id:
-                row["children"].append(child.id)
+                children[node.id].append(child.id)
             visit(child, f"{path}.{i}" if path else str(i), depth + 1)
 
     visit(model, "", 0)
-    originals: Dict[int, Tuple[Model, Callable]] = {}
+    originals = {node_id: node._func for node_id, node in nodes.items()}
 
     def timed(func: Callable, row: Dict[str, Any]) -> Callable:
         def forward(node: Model, X: Any, is_train: bool) -> Any:
@@ -132,31 +135,24 @@ def time_layers(model: Model, run: Callable[[], Any], repeats: int = 1) -> List[
         return forward
 
     try:
-        for node in model.walk():
-            if node.id in by_id and node.id not in originals:
-                originals[node.id] = (node, node._func)
-                node._func = timed(node._func, by_id[node.id])
+        for node_id, node in nodes.items():
+            node._func = timed(originals[node_id], by_id[node_id])
         for _ in range(repeats):
             run()
     finally:
-        for node, func in originals.values():
-            node._func = func
+        for node_id, node in nodes.items():
+            node._func = originals[node_id]
 
     def timed_below(node_id: int) -> float:
         # A layer may call its grandchildren's forward directly (a combinator that
         # never calls a chain it holds): look through children that ran no call.
-        total = 0.0
-        for child in by_id[node_id]["children"]:
-            total += by_id[child]["seconds"] if by_id[child]["calls"] else timed_below(child)
-        return total
+        return sum(by_id[c]["seconds"] if by_id[c]["calls"] else timed_below(c) for c in children[node_id])
 
+    # Self times from the totals first: timed_below reads the children's totals.
+    self_seconds = {node_id: max(0.0, row["seconds"] - timed_below(node_id)) for node_id, row in by_id.items()}
     for node_id, row in by_id.items():
-        row["self_seconds"] = max(0.0, row["seconds"] - timed_below(node_id))
-    for row in rows:
-        del row["children"]
-    for row in rows:
+        row["self_seconds"] = self_seconds[node_id] / repeats
         row["seconds"] /= repeats
-        row["self_seconds"] /= repeats
         row["calls"] //= repeats
     return rows
 

@@ -450,7 +450,7 @@ def _fold_mix(
         trained = {
             id(term): (term.get_param("W").copy(), term.get_param("b").copy())
             if id(term) in copied
-            else (0.0 * term.get_param("W"), 0.0 * term.get_param("b"))
+            else (term.ops.xp.zeros_like(term.get_param("W")), term.ops.xp.zeros_like(term.get_param("b")))
             for term in terms
         }
 
