@@ -184,7 +184,7 @@ def make_splits(data_dir: Path, settings: Dict[str, Any]) -> Tuple[Dict[str, Lis
     """
     seed = int(settings["seed"])
     skip_bad = as_bool(settings["skip_bad"])
-    splits: Dict[str, List[Tuple[str, Row]]] = {k: [] for k in ("train", "dev", "dev_teacher", "test", "transfer")}
+    splits: Dict[str, List[Tuple[str, Row]]] = {k: [] for k in ("train", "dev", "dev_teacher", "test", "transfer", "transfer_more")}
     summary: Dict[str, Any] = {"settings": settings, "languages": {}, "skipped": []}
     for lang in split_langs(settings["langs"]):
         counts: Dict[str, Any] = {}
@@ -201,8 +201,12 @@ def make_splits(data_dir: Path, settings: Dict[str, Any]) -> Tuple[Dict[str, Lis
         rng.shuffle(rest)
         n_transfer = int(settings["n_transfer"])
         transfer = rest if n_transfer < 0 else rest[:n_transfer]
+        # The rows after the transfer rows, for the fitted linear blocks only (n_transfer_more).
+        more = [] if n_transfer < 0 else rest[n_transfer:]
+        n_more = int(settings["n_transfer_more"])
+        more = more if n_more < 0 else more[:n_more]
         test, _ = balanced_sample(test_rows, int(settings["n_test"]), random.Random(f"{seed}:{lang}:test"), f"{test_path} (test)")
-        for name, rows in (("train", train), ("dev", dev), ("dev_teacher", dev_teacher), ("test", test), ("transfer", transfer)):
+        for name, rows in (("train", train), ("dev", dev), ("dev_teacher", dev_teacher), ("test", test), ("transfer", transfer), ("transfer_more", more)):
             splits[name].extend((lang, r) for r in rows)
             counts[name] = len(rows)
         counts["transfer_available"] = len(rest)
@@ -218,7 +222,7 @@ def main(
     output_dir: Path = typer.Argument(..., help="Output folder (corpus/)"),
     config: Path = typer.Option(Path("configs/data.cfg"), "--config", help="Config with a [corpus] section"),
 ) -> None:
-    """Write train/dev/dev_teacher/test DocBins, train.jsonl and transfer.jsonl.
+    """Write train/dev/dev_teacher/test DocBins, train.jsonl, transfer.jsonl and transfer_more.jsonl.
 
     ctx (typer.Context): Extra args are dotted overrides, e.g. --corpus.n_train 40.
     data_dir (Path): MARC data folder.
@@ -238,7 +242,8 @@ def main(
         with atomic_path(output_dir / f"{name}.spacy") as tmp:
             to_docbin(nlp, splits[name]).to_disk(tmp)
     write_jsonl(output_dir / "train.jsonl", [{"text": r["text"], "lang": lang} for lang, r in splits["train"]])
-    write_jsonl(output_dir / "transfer.jsonl", [{"text": r["text"], "lang": lang} for lang, r in splits["transfer"]])
+    for name in ("transfer", "transfer_more"):
+        write_jsonl(output_dir / f"{name}.jsonl", [{"text": r["text"], "lang": lang} for lang, r in splits[name]])
     write_json(output_dir / "summary.json", summary)
     for lang, counts in summary["languages"].items():
         typer.echo(f"{lang}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -25,6 +25,7 @@ from spacy_distill.pipeline.weights import (
     _char_blocks,
     _mean_vector_blocks,
     create_fit_linear_blocks,
+    create_fit_linear_blocks_v2,
     hashed_design,
 )
 
@@ -77,8 +78,8 @@ def log_odds(nlp: Language, texts: List[str]) -> numpy.ndarray:
     return numpy.asarray(scores[:, labels.index("POSITIVE")] - scores[:, labels.index("NEGATIVE")])
 
 
-def reference(nlp: Language, p: numpy.ndarray, texts: List[str], scale: float) -> Tuple[Any, Any]:
-    """scikit-learn's regression over the blocks' features, and its decision function on ``texts``."""
+def reference(nlp: Language, p: numpy.ndarray, texts: List[str], scale: float, train_texts: List[str] = TEXTS) -> Tuple[Any, Any]:
+    """scikit-learn's regression over the blocks' features of ``train_texts``, and its decision function on ``texts``."""
     model = nlp.get_pipe("textcat").model
     chars, vectors = _char_blocks(model), _mean_vector_blocks(model)
 
@@ -88,7 +89,7 @@ def reference(nlp: Language, p: numpy.ndarray, texts: List[str], scale: float) -
         parts += [csr_matrix(scale * numpy.asarray(mean.predict(docs), dtype="f8")) for mean, _ in vectors]
         return hstack(parts).tocsr()
 
-    X = design(TEXTS)
+    X = design(train_texts)
     regression = sklearn_linear.LogisticRegression(C=10.0, max_iter=2000, tol=1e-6).fit(
         vstack([X, X]).tocsr(), numpy.r_[numpy.ones(len(p)), numpy.zeros(len(p))], sample_weight=numpy.r_[p, 1 - p]
     )
@@ -127,6 +128,40 @@ def test_prior_correction_fits_the_readers_labels(tmp_path):
     numpy.testing.assert_allclose(log_odds(corrected, TEXTS), expected, rtol=1e-4, atol=1e-4)
     # The uncorrected fit leans POSITIVE: a higher log-odds on every text.
     assert (log_odds(plain, TEXTS) > log_odds(corrected, TEXTS)).all()
+
+
+# Reviews only the linear blocks see (fit_linear_blocks.v2's extra_path), in another part folder.
+MORE_DATA = [
+    ("Absolutely love it, five stars.", 0.97),
+    ("Waste of money, stopped working.", 0.04),
+    ("Sehr gute Qualität, gerne wieder.", 0.88),
+    ("Produit cassé, très déçu.", 0.07),
+]
+
+
+def test_v2_fits_the_extra_docs_too(tmp_path):
+    both, alone = pipeline(linear_model("both")), pipeline(linear_model("both"))
+    root, more = labelled(tmp_path / "labelled"), labelled(tmp_path / "more", MORE_DATA, part="transfer_more")
+    create_fit_linear_blocks_v2(root, extra_path=more, component="textcat", prior_correction=False)(both)
+    create_fit_linear_blocks_v2(root, component="textcat", prior_correction=False)(alone)
+    texts = [*TEXTS, *(t for t, _ in MORE_DATA), "great broke"]
+    # One regression over the docs of both corpora, in order.
+    p = numpy.asarray([p for _, p in [*SOFT_DATA, *MORE_DATA]])
+    _, expected = reference(both, p, texts, 1.0, train_texts=[*TEXTS, *(t for t, _ in MORE_DATA)])
+    numpy.testing.assert_allclose(log_odds(both, texts), expected, rtol=1e-4, atol=1e-4)
+    # Without extra_path, v2 is v1: the same weights.
+    v1 = pipeline(linear_model("both"))
+    create_fit_linear_blocks(root, component="textcat", prior_correction=False)(v1)
+    numpy.testing.assert_array_equal(log_odds(alone, texts), log_odds(v1, texts))
+    assert not numpy.allclose(log_odds(both, texts), log_odds(alone, texts))
+
+
+def test_v2_names_an_empty_extra_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"fit_linear_blocks\.v2 \(.*empty, textcat\): TeacherLabelled: no \.spacy files under .*empty"):
+        create_fit_linear_blocks_v2(labelled(tmp_path / "labelled"), extra_path=tmp_path / "empty", component="textcat")(
+            pipeline(linear_model("both"))
+        )
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ def make_data(root: Path, langs=("de", "ja"), n=60) -> Path:
     return root
 
 
-SETTINGS = {"langs": "de,ja", "n_train": 10, "n_dev": 8, "n_test": 12, "n_dev_teacher": 4, "n_transfer": -1, "seed": 0, "skip_bad": "false"}
+SETTINGS = {"langs": "de,ja", "n_train": 10, "n_dev": 8, "n_test": 12, "n_dev_teacher": 4, "n_transfer": -1, "n_transfer_more": 0, "seed": 0, "skip_bad": "false"}
 
 
 def test_splits_balanced_disjoint_and_seeded(tmp_path):
@@ -106,6 +106,30 @@ def test_splits_balanced_disjoint_and_seeded(tmp_path):
     other, _ = make_splits(data, {**SETTINGS, "seed": 1})
     assert [r["marc_idx"] for _, r in other["train"]] != [r["marc_idx"] for _, r in splits["train"]]
     assert summary["languages"]["de"]["transfer"] == 60 - 18
+
+
+@pytest.mark.parametrize(
+    "n_transfer,n_more,expected",
+    # 60 reviews per language, 18 in train and dev: 42 left for transfer and transfer_more.
+    [(-1, -1, (42, 0)), (-1, 5, (42, 0)), (10, 0, (10, 0)), (10, 5, (10, 5)), (10, -1, (10, 32)), (40, -1, (40, 2))],
+)
+def test_transfer_more_follows_the_transfer_rows(tmp_path, n_transfer, n_more, expected):
+    data = make_data(tmp_path / "marc")
+    settings = {**SETTINGS, "n_transfer": n_transfer, "n_transfer_more": n_more}
+    splits, summary = make_splits(data, settings)
+    everything, _ = make_splits(data, {**settings, "n_transfer": -1})
+    for lang in ("de", "ja"):
+        transfer = [r["marc_idx"] for lg, r in splits["transfer"] if lg == lang]
+        more = [r["marc_idx"] for lg, r in splits["transfer_more"] if lg == lang]
+        assert (len(transfer), len(more)) == expected
+        assert (summary["languages"][lang]["transfer"], summary["languages"][lang]["transfer_more"]) == expected
+        # The transfer rows are the first of the seeded order whatever n_transfer_more is, and
+        # transfer_more the rows right after them, so both are prefixes of one order.
+        order = [r["marc_idx"] for lg, r in everything["transfer"] if lg == lang]
+        assert transfer + more == order[: len(transfer) + len(more)]
+    # The other splits do not depend on it.
+    for name in ("train", "dev", "dev_teacher", "test"):
+        assert splits[name] == everything[name]
 
 
 def test_not_enough_reviews_is_an_error(tmp_path):
