@@ -156,7 +156,19 @@ def test_v2_fits_the_extra_docs_too(tmp_path):
     assert not numpy.allclose(log_odds(both, texts), log_odds(alone, texts))
 
 
-def test_v2_names_an_empty_extra_path(tmp_path):
+@pytest.mark.parametrize("prior_correction", [True, False])
+def test_v2_extra_docbins_without_docs_add_nothing(tmp_path, prior_correction):
+    # What `label-more` writes when vars.n_transfer_more is 0: one DocBin of no docs.
+    (tmp_path / "more" / "transfer_more").mkdir(parents=True)
+    DocBin(store_user_data=True).to_disk(tmp_path / "more" / "transfer_more" / "shard-00000.spacy")
+    root = labelled(tmp_path / "labelled")
+    with_extra, without = pipeline(linear_model("both")), pipeline(linear_model("both"))
+    create_fit_linear_blocks_v2(root, extra_path=tmp_path / "more", component="textcat", prior_correction=prior_correction)(with_extra)
+    create_fit_linear_blocks(root, component="textcat", prior_correction=prior_correction)(without)
+    numpy.testing.assert_array_equal(log_odds(with_extra, TEXTS), log_odds(without, TEXTS))
+
+
+def test_v2_names_an_extra_path_without_docbins(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"fit_linear_blocks\.v2 \(.*empty, textcat\): TeacherLabelled: no \.spacy files under .*empty"):
         create_fit_linear_blocks_v2(labelled(tmp_path / "labelled"), extra_path=tmp_path / "empty", component="textcat")(

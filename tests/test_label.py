@@ -119,6 +119,18 @@ def test_cli_label(teacher, tmp_path):
     assert get_teacher_probs(docs[0]) is not None
 
 
+def test_cli_label_empty_input_gives_an_empty_shard(teacher, tmp_path):
+    # `label-more` with vars.n_transfer_more = 0 labels an empty transfer_more.jsonl: the
+    # output folder holds one DocBin of no docs, which fit_linear_blocks.v2 accepts.
+    _, path, _ = teacher
+    (tmp_path / "empty.jsonl").write_text("")
+    out = tmp_path / "labelled_more" / "transfer_more"
+    r = CliRunner().invoke(app, ["label", str(path), str(tmp_path / "empty.jsonl"), str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in sorted(out.iterdir())] == ["shard-00000.spacy"]
+    assert len(DocBin().from_disk(out / "shard-00000.spacy")) == 0
+
+
 @pytest.mark.parametrize(
     "make_input,message",
     [
