@@ -336,7 +336,7 @@ def create_fit_linear_blocks_v2(
     (``corpus/labelled_more``, ``vars.n_transfer_more``). A converged regression gains
     from more teacher-labelled text where the BiLSTM, trained for a fixed number of
     steps, does not: with all the transfer reviews the fitted blocks scored 78.88 dev
-    against 78.07, though their mix with the student only 79.25 against 79.19
+    against 78.07, though their mix with the student only 79.25 against 79.21
     (metrics/student_fitted_blocks.md). With ``prior_correction`` each corpus's parts
     are corrected on their own docs, as the reader corrects one corpus. An extra
     corpus whose DocBins hold no docs adds none (the project's default labels no more
