@@ -4,12 +4,14 @@ The student can only be as balanced as its targets, so this summarises, for each
 part of the labelled corpus (gold train docs, augmented variants, transfer text)
 and each language: the number of docs, the mean teacher P(label), the share of
 docs whose teacher argmax is each label, and, where docs have gold cats, the
-teacher's accuracy against them.
+teacher's accuracy against them. ``--extra`` adds the parts of a second labelled
+folder (``corpus/labelled_more``, which only the fitted linear blocks read); a
+part whose DocBins hold no docs is reported with 0 docs.
 """
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
@@ -25,7 +27,8 @@ def summarise(labelled: Path, parts: List[str]) -> Dict[str, Any]:
 
     labelled (Path): The labelled corpus folder (one subfolder of DocBins per part).
     parts (List[str]): Subfolders to read.
-    RETURNS (Dict[str, Any]): {part: {lang: stats}} with an "all" entry per part.
+    RETURNS (Dict[str, Any]): {part: {lang: stats}} with an "all" entry per part; {} for a
+        part whose DocBins hold no docs.
     """
     vocab = spacy.blank("xx").vocab
     out: Dict[str, Any] = {}
@@ -66,6 +69,7 @@ def main(
     labelled: Path = typer.Argument(..., help="corpus/labelled"),
     output_prefix: Path = typer.Argument(..., help="Writes <prefix>.json and <prefix>.md"),
     parts: str = typer.Option("gold,augmented,transfer,ud", "--parts", help="Comma-separated subfolders"),
+    extra: Optional[Path] = typer.Option(None, "--extra", help="A second labelled folder (corpus/labelled_more): every subfolder is a part too"),
     label: str = typer.Option("POSITIVE", "--label", help="Label whose share the table shows"),
 ) -> None:
     """Summarise the teacher's labels of the labelled corpus.
@@ -73,15 +77,26 @@ def main(
     labelled (Path): Labelled corpus folder.
     output_prefix (Path): Output prefix.
     parts (str): Parts to read.
+    extra (Optional[Path]): A second labelled folder whose subfolders are summarised too.
     label (str): Label for the markdown table.
     """
     summary = summarise(labelled, [p for p in parts.split(",") if p])
+    if extra is not None:
+        if not extra.is_dir():
+            raise typer.BadParameter(f"{extra}: not a folder (run the label-more step first)", param_hint="--extra")
+        more = summarise(extra, sorted(d.name for d in extra.iterdir() if d.is_dir()))
+        clash = sorted(set(more) & set(summary))
+        if clash:
+            raise typer.BadParameter(f"{extra}: parts {clash} are also parts of {labelled}", param_hint="--extra")
+        summary.update(more)
     write_json(output_prefix.with_suffix(".json"), summary)
     lines = [
         f"| part | lang | docs | mean P({label}) | argmax {label} | teacher = gold |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for part, by_lang in summary.items():
+        if not by_lang:
+            lines.append(f"| {part} | all | 0 | - | - | - |")
         for lang, s in by_lang.items():
             gold = f"{100 * s['gold_accuracy']:.1f} %" if "gold_accuracy" in s else "-"
             lines.append(

@@ -13,6 +13,7 @@ sys.path.insert(0, str(SCRIPTS))
 import check_package  # noqa: E402
 import eval_taggers  # noqa: E402
 import evaluate_systems  # noqa: E402
+import label_stats  # noqa: E402
 import prepare_corpus  # noqa: E402
 import tradeoff  # noqa: E402
 import ud_to_docbin  # noqa: E402
@@ -421,3 +422,60 @@ def test_read_ood(tmp_path, content, expected):
             read_ood(path)
     else:
         assert read_ood(path) == expected
+
+
+def write_labelled(folder: Path, rows) -> None:
+    """One DocBin of teacher-labelled docs: rows of (lang, P(POSITIVE), gold label or None)."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from spacy_distill.pipeline.teacher_scores import set_teacher_scores
+
+    nlp = spacy.blank("xx")
+    db = DocBin(store_user_data=True)
+    for i, (lang, p, gold) in enumerate(rows):
+        doc = nlp.make_doc(f"doc {i}")
+        doc.user_data["lang"] = lang
+        set_teacher_scores(doc, {"NEGATIVE": 1 - p, "POSITIVE": p})
+        if gold:
+            doc.cats = {"NEGATIVE": float(gold == "NEGATIVE"), "POSITIVE": float(gold == "POSITIVE")}
+        db.add(doc)
+    folder.mkdir(parents=True)
+    db.to_disk(folder / "0.spacy")
+
+
+def test_label_stats_with_an_extra_folder(tmp_path):
+    labelled, more = tmp_path / "labelled", tmp_path / "labelled_more"
+    write_labelled(labelled / "gold", [("de", 0.9, "POSITIVE"), ("de", 0.8, "NEGATIVE"), ("ja", 0.2, "NEGATIVE")])
+    write_labelled(labelled / "transfer", [("de", 0.6, None)])
+    write_labelled(more / "transfer_more", [("ja", 0.7, None), ("ja", 0.1, None)])
+    write_labelled(more / "empty", [])
+    prefix = tmp_path / "stats"
+    label_stats.main(labelled, prefix, parts="gold,transfer", extra=more, label="POSITIVE")
+    import json
+
+    stats = json.loads(prefix.with_suffix(".json").read_text(encoding="utf8"))
+    assert list(stats) == ["gold", "transfer", "empty", "transfer_more"]
+    assert stats["gold"]["all"]["n_docs"] == 3 and stats["gold"]["de"]["gold_accuracy"] == 0.5
+    assert stats["gold"]["all"]["mean_prob"]["POSITIVE"] == pytest.approx((0.9 + 0.8 + 0.2) / 3)
+    assert stats["transfer_more"]["ja"]["n_docs"] == 2 and stats["transfer_more"]["ja"]["argmax_share"]["POSITIVE"] == 0.5
+    assert "gold_accuracy" not in stats["transfer_more"]["all"] and stats["empty"] == {}
+    md = prefix.with_suffix(".md").read_text(encoding="utf8")
+    assert "| empty | all | 0 | - | - | - |" in md and "| transfer_more | ja | 2 | 0.400 | 50.0 % | - |" in md
+
+
+@pytest.mark.parametrize(
+    "make_extra,message",
+    [
+        (lambda root: root / "missing", "not a folder"),
+        (lambda root: (write_labelled(root / "more" / "gold", [("de", 0.5, None)]), root / "more")[1], "also parts of"),
+        (lambda root: ((root / "more" / "part").mkdir(parents=True), root / "more")[1], "no .spacy files"),
+    ],
+)
+def test_label_stats_bad_extra(tmp_path, make_extra, message):
+    import typer
+
+    write_labelled(tmp_path / "labelled" / "gold", [("de", 0.9, "POSITIVE")])
+    with pytest.raises(typer.BadParameter, match=message):
+        label_stats.main(tmp_path / "labelled", tmp_path / "stats", parts="gold", extra=make_extra(tmp_path), label="POSITIVE")
+    assert not (tmp_path / "stats.json").exists()

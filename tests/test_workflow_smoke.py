@@ -70,9 +70,10 @@ def test_corpus_sizes_and_taggers(smoke_project):
     labelled = smoke_project / "corpus" / "labelled"
     assert all(list((labelled / part).glob("*.spacy")) for part in ("gold", "augmented", "transfer", "ud"))
     stats = json.loads((smoke_project / "metrics" / "label_stats.json").read_text(encoding="utf8"))
-    assert set(stats) == {"gold", "augmented", "transfer", "ud"}
-    # configs/smoke.yml: 10 UD sentences per language.
+    assert set(stats) == {"gold", "augmented", "transfer", "ud", "transfer_more"}
+    # configs/smoke.yml: 10 UD sentences and 10 more transfer reviews per language.
     assert stats["ud"]["all"]["n_docs"] == 10 * len(LANGS)
+    assert stats["transfer_more"]["all"]["n_docs"] == 10 * len(LANGS)
     assert stats["gold"]["all"]["n_docs"] == 40 * len(LANGS) and stats["transfer"]["all"]["n_docs"] == 10 * len(LANGS)
     assert set(stats["gold"]) == set(LANGS) | {"all"}
     gold = stats["gold"]["all"]
