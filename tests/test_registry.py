@@ -158,6 +158,7 @@ GROUP_REGISTRY = {
     "spacy_callbacks": "callbacks",
     "thinc_layers": "layers",
     "thinc_losses": "losses",
+    "thinc_optimizers": "optimizers",
 }
 
 
