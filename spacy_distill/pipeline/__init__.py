@@ -13,7 +13,7 @@
 * ``activations``: softmax, sigmoid and the logits of probabilities (one copy of each);
 * ``calibration``: the ``distill_calibration`` factory (fitting one is ``teacher.calibrate``'s).
 * ``optimizers``: ``spacy-distill.Adam.v1``, Adam whose gradient clipping is the same on every
-  CPU (the augmenter's POS taggers train with it).
+  CPU (measured on the augmenter's POS taggers; ``metrics/reproducibility.md``).
 
 Nothing is imported here: entry points (or the modules themselves) register the names.
 """
