@@ -33,6 +33,7 @@ from .util import (
     blank_xx,
     soft_examples,
     train,
+    write_labelled,
 )
 
 TEXTS = ["good good bad", "good", "bad movie", ""]
@@ -198,20 +199,13 @@ def test_spacy_train_fits_the_idf_from_the_config(tmp_path):
     """`spacy train` (no --code) with CharNgramBOW.v2 and the callback in [initialize.after_init]."""
     from thinc.api import Config
 
-    from spacy_distill.pipeline.teacher_scores import set_teacher_scores
-
     nlp = blank_xx()
-    train_docs, dev_docs = [], []
+    dev_docs = []
     for text, p in SOFT_DATA:
-        doc = nlp.make_doc(text)
-        set_teacher_scores(doc, {"POSITIVE": p, "NEGATIVE": 1 - p}, None)
-        doc.user_data["lang"] = "en"
-        train_docs.append(doc)
         gold = nlp.make_doc(text)
         gold.cats = {"POSITIVE": float(p > 0.5), "NEGATIVE": float(p <= 0.5)}
         dev_docs.append(gold)
-    (tmp_path / "train").mkdir()
-    DocBin(docs=train_docs, store_user_data=True).to_disk(tmp_path / "train" / "gold.spacy")
+    write_labelled(tmp_path / "train" / "gold.spacy", SOFT_DATA, lang="en")
     DocBin(docs=dev_docs).to_disk(tmp_path / "dev.spacy")
     config = Config().from_disk(Path(__file__).parent.parent / "configs" / "student.cfg", interpolate=False)
     model = config["components"]["textcat"]["model"]

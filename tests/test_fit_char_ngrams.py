@@ -13,10 +13,9 @@ import spacy
 from spacy.tokens import DocBin
 from thinc.api import Config, SparseLinear_v2
 
-from spacy_distill.pipeline.teacher_scores import set_teacher_scores
 from spacy_distill.pipeline.weights import _char_blocks, create_fit_char_ngrams, hashed_rows
 
-from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples
+from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, write_labelled
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 pytest.importorskip("scipy.sparse")
@@ -38,15 +37,7 @@ def test_hashed_rows_are_thincs(key, length):
 
 
 def labelled_dir(tmp_path, data=SOFT_DATA, with_scores=True):
-    nlp = blank_xx()
-    docs = []
-    for text, p in data:
-        doc = nlp.make_doc(text)
-        if with_scores:
-            set_teacher_scores(doc, {"POSITIVE": p, "NEGATIVE": 1 - p}, None)
-        docs.append(doc)
-    (tmp_path / "labelled" / "gold").mkdir(parents=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "labelled" / "gold" / "docs.spacy")
+    write_labelled(tmp_path / "labelled" / "gold" / "docs.spacy", data if with_scores else [(text, None) for text, _ in data])
     return tmp_path / "labelled"
 
 

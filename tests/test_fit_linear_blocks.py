@@ -20,7 +20,7 @@ from spacy_distill.pipeline.mix import (
     create_init_logit_mix,
 )
 from spacy_distill.pipeline.readers import create_teacher_labelled_reader_v2
-from spacy_distill.pipeline.teacher_scores import get_teacher_probs, set_teacher_scores
+from spacy_distill.pipeline.teacher_scores import get_teacher_probs
 from spacy_distill.pipeline.weights import (
     _char_blocks,
     _mean_vector_blocks,
@@ -30,7 +30,7 @@ from spacy_distill.pipeline.weights import (
 )
 
 from .test_mean_vectors import with_vectors
-from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, train
+from .util import SOFT_DATA, STUDENT_CHARS_CONFIG, blank_xx, soft_examples, train, write_labelled
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
@@ -59,15 +59,7 @@ def pipeline(config: Dict[str, Any]) -> Language:
 
 def labelled(root: Path, data=SOFT_DATA, part: str = "transfer") -> Path:
     """A labelled corpus of one part: the teacher's scores, no gold cats (the prior is corrected)."""
-    nlp = blank_xx()
-    docs = []
-    for text, p in data:
-        doc = nlp.make_doc(text)
-        set_teacher_scores(doc, {"POSITIVE": p, "NEGATIVE": 1 - p}, {"POSITIVE": float(numpy.log(p)), "NEGATIVE": float(numpy.log(1 - p))})
-        doc.user_data["lang"] = "en"
-        docs.append(doc)
-    (root / part).mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(root / part / "docs.spacy")
+    write_labelled(root / part / "docs.spacy", data, logits=True, lang="en")
     return root
 
 

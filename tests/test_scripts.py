@@ -426,22 +426,9 @@ def test_read_ood(tmp_path, content, expected):
 
 def write_labelled(folder: Path, rows) -> None:
     """One DocBin of teacher-labelled docs: rows of (lang, P(POSITIVE), gold label or None)."""
-    import spacy
-    from spacy.tokens import DocBin
+    from .util import write_labelled as write
 
-    from spacy_distill.pipeline.teacher_scores import set_teacher_scores
-
-    nlp = spacy.blank("xx")
-    db = DocBin(store_user_data=True)
-    for i, (lang, p, gold) in enumerate(rows):
-        doc = nlp.make_doc(f"doc {i}")
-        doc.user_data["lang"] = lang
-        set_teacher_scores(doc, {"NEGATIVE": 1 - p, "POSITIVE": p})
-        if gold:
-            doc.cats = {"NEGATIVE": float(gold == "NEGATIVE"), "POSITIVE": float(gold == "POSITIVE")}
-        db.add(doc)
-    folder.mkdir(parents=True)
-    db.to_disk(folder / "0.spacy")
+    write(folder / "0.spacy", [(f"doc {i}", p, lang, gold) for i, (lang, p, gold) in enumerate(rows)])
 
 
 def test_label_stats_with_an_extra_folder(tmp_path):

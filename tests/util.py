@@ -4,10 +4,12 @@ import math
 import subprocess
 import sys
 import textwrap
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import spacy
 from spacy.language import Language
+from spacy.tokens import DocBin
 from spacy.training import Example
 
 from spacy_distill.pipeline.teacher_scores import set_teacher_scores
@@ -82,6 +84,34 @@ STUDENT_CHARS_CONFIG = {
 
 def blank_xx() -> Language:
     return spacy.blank("xx", config={"nlp": {"tokenizer": {"@tokenizers": "spacy-distill.CJKCharTokenizer.v1"}}})
+
+
+def write_labelled(path: Path, rows: Sequence[tuple], *, logits: bool = False, lang: Optional[str] = None) -> Path:
+    """One DocBin of teacher-labelled docs, stored as `spacy-distill label` stores them.
+
+    path (Path): The ``.spacy`` file to write (its folders are made).
+    rows (Sequence[tuple]): ``(text, P(POSITIVE))`` or ``(text, P(POSITIVE), lang, gold label or None)``;
+        a P of None leaves the doc without teacher scores.
+    logits (bool): Also store the log-probabilities as the teacher's logits.
+    lang (Optional[str]): ``user_data["lang"]`` for rows that name none.
+    RETURNS (Path): ``path``.
+    """
+    nlp = blank_xx()
+    docs = []
+    for text, p, *rest in rows:
+        doc_lang, gold = rest if rest else (lang, None)
+        doc = nlp.make_doc(text)
+        if p is not None:
+            probs = {"POSITIVE": p, "NEGATIVE": 1 - p}
+            set_teacher_scores(doc, probs, {k: math.log(v) for k, v in probs.items()} if logits else None)
+        if doc_lang is not None:
+            doc.user_data["lang"] = doc_lang
+        if gold is not None:
+            doc.cats = {label: float(gold == label) for label in LABELS}
+        docs.append(doc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    DocBin(docs=docs, store_user_data=True).to_disk(path)
+    return path
 
 
 def soft_examples(nlp: Language, data=SOFT_DATA, with_logits: bool = True) -> List[Example]:
