@@ -99,7 +99,8 @@ def write_labelled(path: Path, rows: Sequence[tuple], *, logits: bool = False, l
     nlp = blank_xx()
     docs = []
     for text, p, *rest in rows:
-        doc_lang, gold = rest if rest else (lang, None)
+        doc_lang, gold = rest if rest else (None, None)
+        doc_lang = lang if doc_lang is None else doc_lang
         doc = nlp.make_doc(text)
         if p is not None:
             probs = {"POSITIVE": p, "NEGATIVE": 1 - p}
