@@ -65,7 +65,7 @@ def main(
         heads = {}
         for name, folder in folders.items():
             config = load_config(config_path, overrides={**overrides, "system.seed": seed})
-            settings = config.interpolate()["head_training"]
+            resolved = config.interpolate()
             # The step's cache is keyed by the texts and the encoder: a miss would run the
             # transformer here and compare it with itself.
             before = {p.name for p in folder.iterdir()}
@@ -73,8 +73,8 @@ def main(
             if {p.name for p in folder.iterdir()} != before:
                 raise typer.BadParameter(f"--cache {name}={folder}: no cached arrays for these docs and this encoder")
             textcat = nlp.get_pipe("textcat")
-            docs = read_gold(nlp, Path(config.interpolate()["paths"]["train"]))
-            X = encode(textcat.model.get_ref("encoder"), docs, int(settings["encode_batch_size"]), folder, "train")
+            docs = read_gold(nlp, Path(resolved["paths"]["train"]))
+            X = encode(textcat.model.get_ref("encoder"), docs, int(resolved["head_training"]["encode_batch_size"]), folder, "train")
             heads[name] = (report, textcat.model.get_ref("head").predict(X), X)
         (ra, Pa, Xa), (rb, Pb, Xb) = heads[names[0]], heads[names[1]]
         row = {

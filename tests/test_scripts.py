@@ -25,6 +25,8 @@ from spacy_distill.evaluation.markdown import calibration_markdown  # noqa: E402
 from spacy_distill.evaluation.scoring import score  # noqa: E402
 from spacy_distill.evaluation.timing import time_systems  # noqa: E402
 
+from .util import write_labelled as write_docbin  # noqa: E402
+
 HEADER = "marc_idx,text,stars\n"
 
 
@@ -426,9 +428,7 @@ def test_read_ood(tmp_path, content, expected):
 
 def write_labelled(folder: Path, rows) -> None:
     """One DocBin of teacher-labelled docs: rows of (lang, P(POSITIVE), gold label or None)."""
-    from .util import write_labelled as write
-
-    write(folder / "0.spacy", [(f"doc {i}", p, lang, gold) for i, (lang, p, gold) in enumerate(rows)])
+    write_docbin(folder / "0.spacy", [(f"doc {i}", p, lang, gold) for i, (lang, p, gold) in enumerate(rows)])
 
 
 def test_label_stats_with_an_extra_folder(tmp_path):
