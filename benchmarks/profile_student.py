@@ -11,7 +11,7 @@ children's; "self" is its own code. Run with nothing else on the machine.
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import spacy
 import typer
@@ -38,6 +38,14 @@ def _table(rows: List[Dict[str, Any]], n_docs: int, n_tokens: int, max_depth: in
     lines.append("")
     lines.append(f"{n_docs} docs, {n_tokens} tokens: {n_tokens / total:,.0f} tokens/s in the model.")
     return lines
+
+
+def _seconds(run: Callable[[], Any], repeats: int) -> float:
+    """Mean wall time of ``run`` over ``repeats`` calls."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - start) / repeats
 
 
 def main(
@@ -76,6 +84,15 @@ def main(
     tokenize_s = (time.perf_counter() - start) / repeats
     batched = time_layers(textcat.model, lambda: textcat.predict(docs), repeats)
     single = time_layers(textcat.model, lambda: [textcat.predict([doc]) for doc in docs], repeats)
+    # The same passes without the layer timers, and a one-token doc one at a time: what a
+    # call costs whatever the text (the per-layer and per-op overhead of the model).
+    word = next((doc[0].text for doc in docs if len(doc)), "")
+    one_token = [nlp.make_doc(word)] * len(docs)
+    untimed = {
+        "batched": _seconds(lambda: textcat.predict(docs), repeats),
+        "single": _seconds(lambda: [textcat.predict([doc]) for doc in docs], repeats),
+        "one_token": _seconds(lambda: [textcat.predict([doc]) for doc in one_token], repeats),
+    }
     lines = [
         f"# Where the student's time goes: `{pipeline}`",
         "",
@@ -90,13 +107,19 @@ def main(
         "## One doc at a time (`predict([doc])` per doc)",
         "",
         *_table(single, len(docs), n_tokens, max_depth),
+        "",
+        "## Without the layer timers",
+        "",
+        f"Batched: {1000 * untimed['batched']:.1f} ms for the {len(docs)} docs; one doc at a time: "
+        f"{1e6 * untimed['single'] / len(docs):.0f} µs a doc; a one-token doc one at a time: "
+        f"{1e6 * untimed['one_token'] / len(docs):.0f} µs a doc (the cost of a call whatever its text).",
     ]
     report = "\n".join(lines) + "\n"
     print(report)
     if output is not None:
         write_text(output, report)
         data = {"pipeline": str(pipeline), "docs": len(docs), "tokens": n_tokens, "tokenize_seconds": tokenize_s,
-                "batched": batched, "single": single}
+                "batched": batched, "single": single, "untimed_seconds": untimed}
         write_json(output.with_suffix(".json"), data)
 
 
