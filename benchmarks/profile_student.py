@@ -77,11 +77,7 @@ def main(
     docs = [nlp.make_doc(text) for text in texts]
     n_tokens = sum(len(doc) for doc in docs)
     textcat.predict(docs)  # warm-up: caches, lazy allocations
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for text in texts:
-            nlp.make_doc(text)
-    tokenize_s = (time.perf_counter() - start) / repeats
+    tokenize_s = _seconds(lambda: [nlp.make_doc(text) for text in texts], repeats)
     batched = time_layers(textcat.model, lambda: textcat.predict(docs), repeats)
     single = time_layers(textcat.model, lambda: [textcat.predict([doc]) for doc in docs], repeats)
     # The same passes without the layer timers, and a one-token doc one at a time: what a
