@@ -12,9 +12,11 @@ import spacy
 from spacy.training import Example
 from spacy.util import registry
 from thinc.api import LSTM as ThincLSTM
-from thinc.api import Adam, fix_random_seed, with_padded
+from thinc.api import Adam, NumpyOps, fix_random_seed, with_padded
+from thinc.layers.lstm import _packed_to_padded as thinc_packed_to_padded
+from thinc.layers.lstm import _padded_to_packed as thinc_padded_to_packed
 
-from spacy_distill.pipeline.lstm import LSTM
+from spacy_distill.pipeline.lstm import LSTM, _packed_to_padded, _padded_to_packed, fused_inference
 
 from .util import LABELS
 
@@ -103,6 +105,65 @@ def test_forward_and_weights_are_thincs(depth, bi):
         theirs_Y, _ = stock(Xs, is_train=is_train)
         for a, b in zip(ours_Y, theirs_Y):
             numpy.testing.assert_array_equal(a, b)
+
+
+# Batches as the student sees them: one doc (every step full), equal lengths, ties,
+# one-token sequences beside long ones.
+BATCH_LENGTHS = [(1,), (9,), (4, 4, 4), (7, 5, 5, 2, 1), (1, 1), (12, 3), (30, 29, 1, 1, 16)]
+
+
+def _packed_batch(lengths, width: int, seed: int):
+    ops = NumpyOps()
+    Xp = ops.list2padded(_sequences(seed, lengths, width))
+    return ops, Xp
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("lengths", BATCH_LENGTHS)
+def test_fused_inference_is_thincs_kernel_to_the_bit(depth, lengths):
+    # Both directions in one pass of thinc's kernel: the same floats as thinc's own
+    # bidirectional inference, with non-zero initial states and weights off their range.
+    lstm, _ = _layer(depth, True, seed=len(lengths))
+    ops, Xp = _packed_batch(lengths, 3, seed=depth)
+    Xr = thinc_padded_to_packed(ops, Xp)
+    params = lstm.get_param("LSTM")
+    # nO=4 split between the two directions: 2 units each.
+    H0, C0 = numpy.random.default_rng(5).normal(size=(2, depth, 2, 2)).astype("f")
+    expected = ops.lstm_forward_inference(params, H0, C0, Xr.data, Xr.lengths)
+    got = fused_inference(ops, params, H0, C0, Xr.data, Xr.lengths)
+    assert got.shape == expected.shape == (sum(lengths), 4)
+    numpy.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("lengths", BATCH_LENGTHS)
+def test_packing_is_thincs_without_its_loop(lengths):
+    ops, Xp = _packed_batch(lengths, 5, seed=7)
+    ours, theirs = _padded_to_packed(ops, Xp), thinc_padded_to_packed(ops, Xp)
+    numpy.testing.assert_array_equal(ours.data, theirs.data)
+    numpy.testing.assert_array_equal(ours.lengths, theirs.lengths)
+    assert ours.data.dtype == numpy.float32 and ours.data.base is not Xp.data
+    back, thinc_back = _packed_to_padded(ops, ours, Xp), thinc_packed_to_padded(ops, theirs, Xp)
+    numpy.testing.assert_array_equal(back.data, thinc_back.data)
+    # Round trip: the padded input, zeros where a sequence has ended.
+    numpy.testing.assert_array_equal(back.data, Xp.data)
+
+
+def test_inference_follows_the_weights():
+    # Nothing about the weights is kept between calls: new params, new outputs (thinc's).
+    lstm, model = _layer(1, True)
+    Xs = _sequences(4)
+    before = model.predict(Xs)
+    lstm.set_param("LSTM", lstm.get_param("LSTM") * 0.5)
+    after = model.predict(Xs)
+    ops = NumpyOps()
+    Xr = thinc_padded_to_packed(ops, ops.list2padded(Xs))
+    HC0 = lstm.get_param("HC0")
+    expected = ops.padded2list(
+        thinc_packed_to_padded(ops, type(Xr)(ops.lstm_forward_inference(lstm.get_param("LSTM"), HC0[0], HC0[1], Xr.data, Xr.lengths), Xr.lengths), ops.list2padded(Xs))
+    )
+    for a, b, y in zip(before, after, expected):
+        assert not numpy.array_equal(a, b)
+        numpy.testing.assert_array_equal(b, y)
 
 
 def test_dropout_mask_reaches_the_gradient():
