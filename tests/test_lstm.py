@@ -16,7 +16,13 @@ from thinc.api import Adam, NumpyOps, fix_random_seed, with_padded
 from thinc.layers.lstm import _packed_to_padded as thinc_packed_to_padded
 from thinc.layers.lstm import _padded_to_packed as thinc_padded_to_packed
 
-from spacy_distill.pipeline.lstm import LSTM, _packed_to_padded, _padded_to_packed, fused_inference
+from spacy_distill.pipeline.lstm import (
+    FUSED_MAX_BATCH,
+    LSTM,
+    _packed_to_padded,
+    _padded_to_packed,
+    fused_inference,
+)
 
 from .util import LABELS
 
@@ -92,14 +98,16 @@ def test_thincs_own_gradient_is_wrong():
     assert error > 0.5
 
 
+# Small batches run both directions in one pass at inference, large ones thinc's two.
+@pytest.mark.parametrize("n_seqs", [4, FUSED_MAX_BATCH + 1])
 @pytest.mark.parametrize("depth,bi", GRADIENT_CASES)
-def test_forward_and_weights_are_thincs(depth, bi):
+def test_forward_and_weights_are_thincs(depth, bi, n_seqs):
     ours, model = _layer(depth, bi)
     theirs = ThincLSTM(nO=4, nI=3, bi=bi, depth=depth)
     stock = with_padded(theirs)
     stock.initialize(X=_sequences(0))
     stock.from_bytes(model.to_bytes())
-    Xs = _sequences(4)
+    Xs = _sequences(4, lengths=[1 + (7 * i) % 11 for i in range(n_seqs)])
     for is_train in (False, True):
         ours_Y, _ = model(Xs, is_train=is_train)
         theirs_Y, _ = stock(Xs, is_train=is_train)

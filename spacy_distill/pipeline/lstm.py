@@ -20,9 +20,10 @@ kernel (:func:`fused_inference`): one direction of twice the units, whose weight
 block-diagonal and whose input is each sequence beside its reversal. The kernel's cost
 is mostly per time step (numpy calls at every step), so half the steps, with the
 padded/packed conversions done without thinc's loop over steps, took a 50-token doc one
-at a time from ~480 to ~290 µs in this layer (batched, where each step serves many docs,
-no change). The outputs are thinc's to the bit: the added weights are zeros, and adding
-a zero product changes no float (``tests/test_lstm.py``).
+at a time from ~480 to ~290 µs in this layer; in large batches, where each step serves
+many docs, it gains nothing, and thinc's two passes are kept (``FUSED_MAX_BATCH``). The
+outputs are thinc's to the bit: the added weights are zeros, and adding a zero product
+changes no float (``tests/test_lstm.py``).
 """
 
 from functools import partial
@@ -35,6 +36,14 @@ from thinc.layers.lstm import _packed_to_padded as _thinc_packed_to_padded
 from thinc.layers.lstm import _padded_to_packed as _thinc_padded_to_packed
 from thinc.layers.lstm import init as lstm_init
 from thinc.types import Floats1d, Floats2d, Floats4d, Ints1d, Padded, Ragged
+
+# Batches of at most this many sequences run both directions in one pass at inference
+# (fused_inference). The fused pass has half the time steps but, its weights being
+# block-diagonal, twice the multiplications: with the shipped student's LSTM on the test
+# docs (benchmarks/bench_lstm.py, metrics/lstm_inference.md) it took 35 % off one doc
+# at a time, 11 % off batches of 64 and nothing off batches of 300 (-2 to +8 % over
+# repeated measurements), so larger batches keep thinc's two passes.
+FUSED_MAX_BATCH = 64
 
 # The four gates of a hidden unit, in the order of thinc's fused kernels (the last
 # axis of its gate arrays): forget, input, output (sigmoids), candidate cell (tanh).
@@ -81,7 +90,8 @@ def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[P
     # h_init); kept as is, so that the outputs are thinc's to the bit (HC0 is zeros).
     H0, C0 = HC0[0], HC0[1]
     if not is_train:
-        if model.get_dim("dirs") == 2 and isinstance(ops, NumpyOps) and len(Xr.data):
+        fused = model.get_dim("dirs") == 2 and isinstance(ops, NumpyOps)
+        if fused and 0 < len(Xr.data) and Xr.lengths[0] <= FUSED_MAX_BATCH:
             Y = fused_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         else:
             Y = ops.lstm_forward_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
