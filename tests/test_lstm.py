@@ -115,9 +115,11 @@ def test_forward_and_weights_are_thincs(depth, bi, n_seqs):
             numpy.testing.assert_array_equal(a, b)
 
 
+
 # Batches as the student sees them: one doc (every step full), equal lengths, ties,
-# one-token sequences beside long ones.
-BATCH_LENGTHS = [(1,), (9,), (4, 4, 4), (7, 5, 5, 2, 1), (1, 1), (12, 3), (30, 29, 1, 1, 16)]
+# one-token sequences beside long ones, and a batch above FUSED_MAX_BATCH.
+BATCH_LENGTHS = [(1,), (9,), (4, 4, 4), (7, 5, 5, 2, 1), (1, 1), (12, 3), (30, 29, 1, 1, 16),
+                 tuple(1 + (5 * i) % 13 for i in range(70))]
 
 
 def _packed_batch(lengths, width: int, seed: int):

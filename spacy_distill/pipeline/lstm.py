@@ -40,9 +40,9 @@ from thinc.types import Floats1d, Floats2d, Floats4d, Ints1d, Padded, Ragged
 # Batches of at most this many sequences run both directions in one pass at inference
 # (fused_inference). The fused pass has half the time steps but, its weights being
 # block-diagonal, twice the multiplications: with the shipped student's LSTM on the test
-# docs (benchmarks/bench_lstm.py, metrics/lstm_inference.md) it took 35 % off one doc
-# at a time, 11 % off batches of 64 and nothing off batches of 300 (-2 to +8 % over
-# repeated measurements), so larger batches keep thinc's two passes.
+# docs it took 35 % off one doc at a time (benchmarks/bench_lstm.py,
+# metrics/lstm_inference.md), 27 % off batches of 8, 12 % off 64, 5 % off 128 and
+# added 2 % to 300 (the passes in alternating order), so larger batches keep thinc's.
 FUSED_MAX_BATCH = 64
 
 # The four gates of a hidden unit, in the order of thinc's fused kernels (the last
@@ -114,9 +114,10 @@ def _padded_to_packed(ops: Ops, Xp: Padded) -> Ragged:
 
     thinc's copies one step at a time in Python (~1 µs a step: 50 µs for a 50-token doc
     one at a time, and as much again back); a mask over (step, sequence) picks the same
-    rows in the same order.
+    rows in the same order. In large batches a step's rows are many and thinc's copies
+    are faster than the mask (0.7 vs 1.1 ms for 300 docs): those keep thinc's.
     """
-    if not isinstance(ops, NumpyOps):
+    if not isinstance(ops, NumpyOps) or Xp.data.shape[1] > FUSED_MAX_BATCH:
         return _thinc_padded_to_packed(ops, Xp)
     data, size_at_t = Xp.data, numpy.asarray(Xp.size_at_t)
     n_steps, batch = data.shape[0], data.shape[1]
@@ -129,7 +130,7 @@ def _padded_to_packed(ops: Ops, Xp: Padded) -> Ragged:
 
 def _packed_to_padded(ops: Ops, Xr: Ragged, Xp: Padded) -> Padded:
     """thinc's inverse conversion (zeros where a sequence has ended), without its loop."""
-    if not isinstance(ops, NumpyOps):
+    if not isinstance(ops, NumpyOps) or Xp.data.shape[1] > FUSED_MAX_BATCH:
         return _thinc_packed_to_padded(ops, Xr, Xp)
     size_at_t = numpy.asarray(Xp.size_at_t)
     n_steps, batch = Xp.data.shape[0], Xp.data.shape[1]
