@@ -77,6 +77,16 @@ def _median_seconds(runs: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _variants(ours: Model, thinc: Model, inputs: List[Any]) -> Dict[str, Callable[[], Any]]:
+    """The four timed passes: each model batched (one predict) and one input at a time."""
+    return {
+        "ours_batched": lambda: ours.predict(inputs),
+        "thinc_batched": lambda: thinc.predict(inputs),
+        "ours_single": lambda: [ours.predict([x]) for x in inputs],
+        "thinc_single": lambda: [thinc.predict([x]) for x in inputs],
+    }
+
+
 def main(
     pipeline: Path = typer.Argument(..., help="A trained BiLSTM student (training/student_mix)"),
     test: Path = typer.Argument(..., help="Test DocBin (corpus/test.spacy)"),
@@ -113,24 +123,8 @@ def main(
     same_model = numpy.array_equal(model.predict(docs), stock_model.predict(docs)) and all(
         numpy.array_equal(model.predict([d]), stock_model.predict([d])) for d in docs
     )
-    layer = _median_seconds(
-        {
-            "ours_batched": lambda: node.predict(Xs),
-            "thinc_batched": lambda: stock.predict(Xs),
-            "ours_single": lambda: [node.predict([x]) for x in Xs],
-            "thinc_single": lambda: [stock.predict([x]) for x in Xs],
-        },
-        rounds,
-    )
-    whole = _median_seconds(
-        {
-            "ours_batched": lambda: model.predict(docs),
-            "thinc_batched": lambda: stock_model.predict(docs),
-            "ours_single": lambda: [model.predict([d]) for d in docs],
-            "thinc_single": lambda: [stock_model.predict([d]) for d in docs],
-        },
-        rounds,
-    )
+    layer = _median_seconds(_variants(node, stock, Xs), rounds)
+    whole = _median_seconds(_variants(model, stock_model, docs), rounds)
     n_docs, n_tokens = len(docs), sum(len(x) for x in Xs)
 
     def row(what: str, t: Dict[str, float], mode: str) -> str:
