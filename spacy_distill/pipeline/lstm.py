@@ -90,8 +90,7 @@ def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[P
     # h_init); kept as is, so that the outputs are thinc's to the bit (HC0 is zeros).
     H0, C0 = HC0[0], HC0[1]
     if not is_train:
-        fused = model.get_dim("dirs") == 2 and isinstance(ops, NumpyOps)
-        if fused and 0 < len(Xr.data) and Xr.lengths[0] <= FUSED_MAX_BATCH:
+        if model.get_dim("dirs") == 2 and len(Xr.data) and _one_pass(ops, int(Xr.lengths[0])):
             Y = fused_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         else:
             Y = ops.lstm_forward_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
@@ -109,6 +108,11 @@ def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[P
     return _packed_to_padded(ops, Ragged(Y, Xr.lengths), Xp), backprop
 
 
+def _one_pass(ops: Ops, batch: int) -> bool:
+    """Whether a batch of ``batch`` sequences takes the one-pass paths (see FUSED_MAX_BATCH)."""
+    return isinstance(ops, NumpyOps) and batch <= FUSED_MAX_BATCH
+
+
 def _padded_to_packed(ops: Ops, Xp: Padded) -> Ragged:
     """thinc's conversion (each step's rows of the sequences alive at it), without its loop.
 
@@ -117,27 +121,23 @@ def _padded_to_packed(ops: Ops, Xp: Padded) -> Ragged:
     rows in the same order. In large batches a step's rows are many and thinc's copies
     are faster than the mask (0.7 vs 1.1 ms for 300 docs): those keep thinc's.
     """
-    if not isinstance(ops, NumpyOps) or Xp.data.shape[1] > FUSED_MAX_BATCH:
+    if not _one_pass(ops, Xp.data.shape[1]):
         return _thinc_padded_to_packed(ops, Xp)
-    data, size_at_t = Xp.data, numpy.asarray(Xp.size_at_t)
-    n_steps, batch = data.shape[0], data.shape[1]
-    if n_steps and int(size_at_t[-1]) == batch:
-        # Every sequence alive at every step (one doc at a time): all rows, in order.
-        return Ragged(numpy.array(data.reshape((n_steps * batch, -1)), dtype="f"), Xp.size_at_t)
-    alive = numpy.arange(batch)[None, :] < size_at_t[:, None]
-    return Ragged(numpy.asarray(data[alive], dtype="f"), Xp.size_at_t)
+    return Ragged(numpy.asarray(Xp.data[_alive(Xp)], dtype="f"), Xp.size_at_t)
 
 
 def _packed_to_padded(ops: Ops, Xr: Ragged, Xp: Padded) -> Padded:
     """thinc's inverse conversion (zeros where a sequence has ended), without its loop."""
-    if not isinstance(ops, NumpyOps) or Xp.data.shape[1] > FUSED_MAX_BATCH:
+    if not _one_pass(ops, Xp.data.shape[1]):
         return _thinc_packed_to_padded(ops, Xr, Xp)
-    size_at_t = numpy.asarray(Xp.size_at_t)
-    n_steps, batch = Xp.data.shape[0], Xp.data.shape[1]
-    Y = ops.alloc3f(n_steps, batch, Xr.data.shape[1])
-    alive = numpy.arange(batch)[None, :] < size_at_t[:, None]
-    Y[alive] = Xr.data
+    Y = ops.alloc3f(Xp.data.shape[0], Xp.data.shape[1], Xr.data.shape[1])
+    Y[_alive(Xp)] = Xr.data
     return Padded(Y, size_at_t=Xp.size_at_t, lengths=Xp.lengths, indices=Xp.indices)
+
+
+def _alive(Xp: Padded) -> numpy.ndarray:
+    """(steps, sequences) mask of the padded rows that hold a sequence's step."""
+    return numpy.arange(Xp.data.shape[1])[None, :] < numpy.asarray(Xp.size_at_t)[:, None]
 
 
 def fused_inference(
