@@ -23,6 +23,7 @@ from spacy_distill.pipeline.lstm import (
     _padded_to_packed,
     fused_inference,
 )
+from spacy_distill.pipeline.lstm_numba import KERNEL_ENV, use_numba
 
 from .util import LABELS
 
@@ -101,7 +102,9 @@ def test_thincs_own_gradient_is_wrong():
 # Small batches run both directions in one pass at inference, large ones thinc's two.
 @pytest.mark.parametrize("n_seqs", [4, FUSED_MAX_BATCH + 1])
 @pytest.mark.parametrize("depth,bi", GRADIENT_CASES)
-def test_forward_and_weights_are_thincs(depth, bi, n_seqs):
+def test_forward_and_weights_are_thincs(depth, bi, n_seqs, monkeypatch):
+    # thinc's kernel at inference (numba's, when installed, is tests/test_lstm_numba.py's).
+    monkeypatch.setenv(KERNEL_ENV, "thinc")
     ours, model = _layer(depth, bi)
     theirs = ThincLSTM(nO=4, nI=3, bi=bi, depth=depth)
     stock = with_padded(theirs)
@@ -158,8 +161,11 @@ def test_packing_is_thincs_without_its_loop(lengths):
     numpy.testing.assert_array_equal(back.data, Xp.data)
 
 
-def test_inference_follows_the_weights():
-    # Nothing about the weights is kept between calls: new params, new outputs (thinc's).
+@pytest.mark.parametrize("kernel", ["thinc", "auto"])
+def test_inference_follows_the_weights(kernel, monkeypatch):
+    # Nothing about the weights is kept between calls: new params, new outputs (thinc's,
+    # or numba's within its tolerance when numba is installed).
+    monkeypatch.setenv(KERNEL_ENV, kernel)
     lstm, model = _layer(1, True)
     Xs = _sequences(4)
     before = model.predict(Xs)
@@ -173,7 +179,10 @@ def test_inference_follows_the_weights():
     )
     for a, b, y in zip(before, after, expected):
         assert not numpy.array_equal(a, b)
-        numpy.testing.assert_array_equal(b, y)
+        if use_numba():
+            numpy.testing.assert_allclose(b, y, rtol=0, atol=1e-6)
+        else:
+            numpy.testing.assert_array_equal(b, y)
 
 
 def test_dropout_mask_reaches_the_gradient():
@@ -241,7 +250,9 @@ def test_bilstm_student_learns_word_order():
     assert [d.cats for d in nlp.pipe(texts)] == [nlp(t).cats for t in texts]
 
 
-def test_v3_is_registered_and_loads_v2_weights():
+def test_v3_is_registered_and_loads_v2_weights(monkeypatch):
+    # v2's LSTM is thinc's: the same floats from thinc's kernel (numba's is within rounding).
+    monkeypatch.setenv(KERNEL_ENV, "thinc")
     v3 = registry.architectures.get("spacy-distill.BiLSTMTextCat.v3")
     assert v3.__name__ == "build_bilstm_textcat_v3"
     v2_nlp, v3_nlp = _order_nlp("spacy-distill.BiLSTMTextCat.v2"), _order_nlp("spacy-distill.BiLSTMTextCat.v3")

@@ -157,27 +157,60 @@ def forward(
     max_n = model.attrs["max_n"]
     lowercase = model.attrs["lowercase"]
     idf = numpy.asarray(model.get_param("idf")) if model.has_param("idf") else None
-    batch_keys = []
-    batch_vals = []
-    for doc in docs:
-        keys, counts = numpy.unique(doc_char_ngram_keys(doc.text, min_n, max_n, lowercase), return_counts=True)
-        vals = 1.0 + numpy.log(counts, dtype=numpy.float32)
-        if idf is not None:
-            vals *= idf[idf_buckets(keys, len(idf))]
-        if len(vals):
-            vals /= numpy.sqrt(numpy.dot(vals, vals))
-        batch_keys.append(keys)
-        batch_vals.append(vals)
-    lengths = model.ops.asarray1i([len(keys) for keys in batch_keys])
+    keys, counts, n_keys = unique_per_doc([doc_char_ngram_keys(doc.text, min_n, max_n, lowercase) for doc in docs])
+    vals = 1.0 + numpy.log(counts, dtype=numpy.float32)
+    if idf is not None:
+        vals *= idf[idf_buckets(keys, len(idf))]
+    start = 0
+    # One dot per doc (not one reduction over the batch): a doc's values, to the bit,
+    # do not depend on the rest of its batch.
+    for n in n_keys.tolist():
+        if n:
+            doc_vals = vals[start : start + n]
+            doc_vals /= numpy.sqrt(numpy.dot(doc_vals, doc_vals))
+            start += n
+    lengths = model.ops.asarray1i(n_keys)
     # The hashing runs on numpy (the architecture wraps it in with_cpu); one
     # transfer per batch if the ops are not numpy's.
-    keys = model.ops.asarray(numpy.concatenate(batch_keys) if docs else numpy.zeros((0,), dtype=numpy.uint64))
-    vals = model.ops.asarray1f(numpy.concatenate(batch_vals) if docs else numpy.zeros((0,), dtype="f"))
+    keys = model.ops.asarray(keys)
+    vals = model.ops.asarray1f(vals)
 
     def backprop(dY: Floats2d) -> List[Doc]:
         return []
 
     return (cast(Ints1d, keys), cast(Floats1d, vals), cast(Ints1d, lengths)), backprop
+
+
+def unique_per_doc(doc_keys: List[numpy.ndarray]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """Each doc's distinct keys (sorted) and their counts, concatenated over the docs.
+
+    ``numpy.unique(keys, return_counts=True)`` per doc, with one sort per doc and the
+    rest over the whole batch (a batch of 64 reviews: ~2x faster than a unique per doc).
+
+    doc_keys (List[numpy.ndarray]): Each doc's uint64 keys, repeats included.
+    RETURNS (Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]): The keys (uint64),
+        their counts (int64) and the number of distinct keys of each doc (int32).
+    """
+    if len(doc_keys) == 1:
+        # One doc (a request, ``nlp(text)``): numpy's unique has fewer calls.
+        keys, counts = numpy.unique(doc_keys[0], return_counts=True)
+        return keys, counts, numpy.asarray([len(keys)], dtype="i")
+    sizes = numpy.fromiter((len(keys) for keys in doc_keys), dtype=numpy.int64, count=len(doc_keys))
+    if not sizes.sum():
+        return numpy.zeros((0,), dtype=numpy.uint64), numpy.zeros((0,), dtype=numpy.int64), numpy.zeros(len(doc_keys), dtype="i")
+    flat = numpy.concatenate([numpy.sort(keys) for keys in doc_keys])
+    starts = numpy.concatenate(([0], numpy.cumsum(sizes)[:-1]))
+    # A new distinct key: the first of its doc, or another key than the one before.
+    first = numpy.empty(len(flat), dtype=bool)
+    first[0] = True
+    numpy.not_equal(flat[1:], flat[:-1], out=first[1:])
+    first[starts[sizes > 0]] = True
+    where = numpy.flatnonzero(first)
+    counts = numpy.diff(numpy.append(where, len(flat)))
+    # The distinct keys of doc i are where[u_starts[i]:u_starts[i+1]].
+    u_starts = numpy.searchsorted(where, starts)
+    n_keys = numpy.diff(numpy.append(u_starts, len(where))).astype("i")
+    return flat[where], counts, n_keys
 
 
 def idf_buckets(keys: numpy.ndarray, rows: int) -> numpy.ndarray:

@@ -68,16 +68,21 @@ def meanmax_forward(
     if pooling in ("max", "meanmax"):
         maxes = ops.alloc2f(len(Xs), nI)
         for i, x in enumerate(Xs):
-            if lengths[i]:
+            if not lengths[i]:
+                which.append(None)
+            elif is_train:
                 idx = cast(Ints1d, x.argmax(axis=0))
                 maxes[i] = x[idx, ops.xp.arange(nI)]
                 which.append(idx)
             else:
-                which.append(None)
+                # The same values; the rows of the maxes are needed only for backprop.
+                maxes[i] = x.max(axis=0)
         parts.append(maxes)
     Y = cast(Floats2d, ops.xp.hstack(parts) if len(parts) > 1 else parts[0])
 
     def backprop(dY: Floats2d) -> List[Floats2d]:
+        if not is_train and pooling != "mean":
+            raise ValueError(f"{model.name}: backprop called after a forward pass with is_train=False")
         dXs = [ops.alloc2f(n, nI) for n in lengths]
         col = 0
         if pooling in ("mean", "meanmax"):

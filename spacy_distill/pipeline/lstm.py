@@ -37,6 +37,9 @@ from thinc.layers.lstm import _padded_to_packed as _thinc_padded_to_packed
 from thinc.layers.lstm import init as lstm_init
 from thinc.types import Floats1d, Floats2d, Floats4d, Ints1d, Padded, Ragged
 
+from .lstm_numba import lstm_inference as numba_inference
+from .lstm_numba import use_numba
+
 # Batches of at most this many sequences run both directions in one pass at inference
 # (fused_inference). The fused pass has half the time steps but, its weights being
 # block-diagonal, twice the multiplications: with the shipped student's LSTM on the test
@@ -90,7 +93,9 @@ def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[P
     # h_init); kept as is, so that the outputs are thinc's to the bit (HC0 is zeros).
     H0, C0 = HC0[0], HC0[1]
     if not is_train:
-        if model.get_dim("dirs") == 2 and len(Xr.data) and _one_pass(ops, int(Xr.lengths[0])):
+        if len(Xr.data) and isinstance(ops, NumpyOps) and use_numba():
+            Y = numba_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
+        elif model.get_dim("dirs") == 2 and len(Xr.data) and _one_pass(ops, int(Xr.lengths[0])):
             Y = fused_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         else:
             Y = ops.lstm_forward_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)

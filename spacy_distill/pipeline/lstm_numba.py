@@ -1,0 +1,181 @@
+"""The LSTM's inference recurrence compiled with numba, used when numba is installed.
+
+At inference thinc's CPU kernel (``NumpyOps.lstm_forward_inference``) costs ~7 µs per
+time step whatever the batch: each step slices a numpy array, adds the bias with a numpy
+call and calls BLIS for a product of a few rows (metrics/lstm_inference.md). A review
+of 50 tokens is 50 steps per direction, so one doc at a time the student's LSTM is
+about a third of its time. Here the whole recurrence of a layer-direction is one
+compiled loop: the hidden-to-gates product of a row, its gates and its cell, with no
+call per step. The input-to-gates product of all rows stays one BLAS call (BLIS, as thinc's).
+
+The arithmetic is thinc's: gates = (x Wx + h Wh) + (bx + bh), forget / input / output
+gates 1 / (1 + exp(-g)) (float32 exp, the division in double, as thinc's kernel),
+candidate tanh(g), c = f c' + i g, h = tanh(c) o, and thinc's start states (its layer
+passes (H0, C0) where the kernel names them (c_init, h_init)). The input product is
+BLIS's call, as thinc's; the hidden product is summed in order over the units, as BLIS
+summed it on the host of the committed run (AMD EPYC): there the outputs are thinc's
+to the bit (the student's logits on 6,802 reviews, and ``tests/test_lstm_numba.py``'s
+table), and the tests allow float32 rounding for a CPU whose BLIS kernel sums
+otherwise. A row's outputs do not depend on the rest of its batch (``pipe`` and
+``__call__`` agree to the bit). Like ``thinc-apple-ops`` for thinc, it is an optional
+accelerator (the ``fast`` extra): without numba, or with
+``SPACY_DISTILL_LSTM_KERNEL=thinc``, the
+layer runs thinc's kernel. numba compiles the loop on first use and caches it on disk.
+"""
+
+import math
+import os
+from typing import Optional
+
+import numpy
+from thinc.api import NumpyOps
+from thinc.types import Floats1d, Floats2d, Ints1d
+
+try:  # pragma: no cover - depends on the environment
+    import numba
+except ImportError:  # pragma: no cover
+    numba = None
+
+# "auto": numba's kernel when numba is installed; "thinc": always thinc's kernel.
+KERNEL_ENV = "SPACY_DISTILL_LSTM_KERNEL"
+KERNELS = ("auto", "thinc")
+
+
+def kernel_choice() -> str:
+    """The kernel setting of ``SPACY_DISTILL_LSTM_KERNEL`` ("auto" if unset).
+
+    RETURNS (str): "auto" or "thinc".
+    """
+    value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if value not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV}={value!r}: expected one of {', '.join(KERNELS)}")
+    return value
+
+
+def use_numba() -> bool:
+    """Whether the LSTM's inference runs this module's kernel (numba installed, not turned off).
+
+    RETURNS (bool): True when ``lstm_inference`` is used.
+    """
+    return numba is not None and kernel_choice() == "auto"
+
+
+def _recurrence(G, WhT, bias, lengths, starts, h_init, c_init, Y, col, backward):  # pragma: no cover - compiled
+    """One layer-direction over packed, time-major rows (gate-major columns: f, i, o, c).
+
+    G (N, 4 nO): the rows' input-to-gates products. WhT (nO, 4 nO): the hidden-to-gates
+    weights, transposed. lengths[t]: the sequences alive at step t (non-increasing),
+    whose rows start at starts[t]. Writes each row's hidden state to Y[row, col:col+nO].
+    The backward direction runs the steps in reverse, each sequence from its own end.
+    """
+    n_steps = lengths.shape[0]
+    nO = WhT.shape[0]
+    n_gates = WhT.shape[1]
+    batch = lengths[0]
+    h_prev = numpy.empty((batch, nO), numpy.float32)
+    c_prev = numpy.empty((batch, nO), numpy.float32)
+    for b in range(batch):
+        for j in range(nO):
+            h_prev[b, j] = h_init[j]
+            c_prev[b, j] = c_init[j]
+    acc = numpy.empty(n_gates, numpy.float32)
+    gates = numpy.empty(n_gates, numpy.float32)
+    one = numpy.float32(1.0)
+    for k in range(n_steps):
+        t = n_steps - 1 - k if backward else k
+        start = starts[t]
+        for b in range(lengths[t]):
+            row = start + b
+            for u in range(n_gates):
+                acc[u] = 0.0
+            # Over j outside, the gates inside: contiguous, so the loop is vectorized.
+            for j in range(nO):
+                h_j = h_prev[b, j]
+                for u in range(n_gates):
+                    acc[u] += h_j * WhT[j, u]
+            for u in range(n_gates):
+                gates[u] = (G[row, u] + acc[u]) + bias[u]
+            for u in range(3 * nO):
+                gates[u] = numpy.float32(1.0 / (one + numpy.float32(math.exp(-gates[u]))))
+            for u in range(3 * nO, n_gates):
+                gates[u] = math.tanh(gates[u])
+            for u in range(nO):
+                c = gates[u] * c_prev[b, u] + gates[nO + u] * gates[3 * nO + u]
+                h = numpy.float32(math.tanh(c)) * gates[2 * nO + u]
+                c_prev[b, u] = c
+                h_prev[b, u] = h
+                Y[row, col + u] = h
+    return 0
+
+
+_compiled: Optional[object] = None
+_ops: Optional[NumpyOps] = None
+
+
+def _numpy_ops() -> NumpyOps:
+    global _ops
+    if _ops is None:
+        _ops = NumpyOps()
+    return _ops
+
+
+def _kernel():
+    # Compiled on first use (not at import: a pipeline that never predicts, or runs
+    # thinc's kernel, pays nothing), cached on disk by numba for the next process.
+    global _compiled
+    if _compiled is None:
+        _compiled = numba.njit(cache=True, nogil=True)(_recurrence)
+    return _compiled
+
+
+def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Floats2d, lengths: Ints1d) -> Floats2d:
+    """thinc's LSTM inference (``ops.lstm_forward_inference``) with the recurrence compiled.
+
+    The same arguments and layout as thinc's: flat params per layer and direction
+    Wx (4 nO, nI), bx (4 nO), Wh (4 nO, nO), bh (4 nO), gate-major.
+
+    params (Floats1d): The layer's flat params.
+    H0 (numpy.ndarray): The first initial-state argument, (depth, dirs, nO).
+    C0 (numpy.ndarray): The second, (depth, dirs, nO).
+    X (Floats2d): Packed, time-major input (N, nI), N > 0.
+    lengths (Ints1d): Sequences alive at each step (non-increasing).
+    RETURNS (Floats2d): (N, dirs * nO): each row's forward then backward state.
+    """
+    if numba is None:
+        raise RuntimeError("lstm_inference needs numba (pip install 'spacy-distill[fast]')")
+    kernel = _kernel()
+    ops = _numpy_ops()
+    depth, dirs, nO = H0.shape
+    steps = numpy.ascontiguousarray(lengths, dtype=numpy.int64)
+    starts = numpy.zeros(len(steps), dtype=numpy.int64)
+    numpy.cumsum(steps[:-1], out=starts[1:])
+    params = numpy.asarray(params, dtype=numpy.float32)
+    offset = 0
+    for i in range(depth):
+        n_rows, nI = X.shape
+        Y = numpy.zeros((n_rows, dirs * nO), dtype=numpy.float32)
+        for d in range(dirs):
+            sizes = (4 * nO * nI, 4 * nO, 4 * nO * nO, 4 * nO)
+            bounds = numpy.cumsum((offset,) + sizes)
+            Wx = params[bounds[0] : bounds[1]].reshape((4 * nO, nI))
+            bx = params[bounds[1] : bounds[2]]
+            Wh = params[bounds[2] : bounds[3]].reshape((4 * nO, nO))
+            bh = params[bounds[3] : bounds[4]]
+            offset = int(bounds[4])
+            # BLIS, as thinc's kernel (numpy's BLAS rounds a row differently in batches of
+            # other shapes): a row's gates, and so its outputs, do not depend on its batch.
+            G = ops.gemm(numpy.ascontiguousarray(X, dtype=numpy.float32), numpy.ascontiguousarray(Wx), trans2=True)
+            kernel(
+                G,
+                numpy.ascontiguousarray(Wh.T),
+                bx + bh,
+                steps,
+                starts,
+                numpy.ascontiguousarray(C0[i, d], dtype=numpy.float32),
+                numpy.ascontiguousarray(H0[i, d], dtype=numpy.float32),
+                Y,
+                d * nO,
+                d == 1,
+            )
+        X = Y
+    return X
