@@ -122,7 +122,7 @@ def test_an_unknown_kernel_setting_is_an_error(value, monkeypatch):
 
 
 def test_without_numba_the_kernel_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(lstm_numba, "numba", None)
+    monkeypatch.setattr(lstm_numba, "_available", False)
     assert not use_numba()
     with pytest.raises(RuntimeError, match="spacy-distill\\[fast\\]"):
         lstm_inference(numpy.zeros(4, "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1), "f"), numpy.ones(1, "i"))
@@ -137,15 +137,29 @@ def test_a_pipeline_without_numba_runs_thincs_kernel(tmp_path):
         "from thinc.api import with_padded\n"
         "from spacy_distill.pipeline import lstm_numba\n"
         "from spacy_distill.pipeline.lstm import LSTM\n"
-        "assert lstm_numba.numba is None and not lstm_numba.use_numba()\n"
+        "assert not lstm_numba.numba_available() and not lstm_numba.use_numba()\n"
         "model = with_padded(LSTM(nO=4, nI=3, bi=True))\n"
         "X = [numpy.ones((5, 3), 'f'), numpy.ones((2, 3), 'f')]\n"
         "model.initialize(X=X)\n"
         "Y = model.predict(X)\n"
         "assert [y.shape for y in Y] == [(5, 4), (2, 4)]\n"
+        "assert 'numba' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
+
+
+def test_importing_the_plugin_does_not_import_numba():
+    # numba costs ~1.4 s to import: only a prediction through the LSTM pays it.
+    code = (
+        "import sys, spacy_distill, spacy_distill.pipeline.lstm, spacy_distill.pipeline.models\n"
+        "from spacy_distill.pipeline import lstm_numba\n"
+        "assert lstm_numba.numba_available()\n"
+        "print('numba' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

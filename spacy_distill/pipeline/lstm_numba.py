@@ -23,6 +23,7 @@ accelerator (the ``fast`` extra): without numba, or with
 layer runs thinc's kernel. numba compiles the loop on first use and caches it on disk.
 """
 
+import importlib.util
 import math
 import os
 from typing import Optional
@@ -31,10 +32,10 @@ import numpy
 from thinc.api import NumpyOps
 from thinc.types import Floats1d, Floats2d, Ints1d
 
-try:  # pragma: no cover - depends on the environment
-    import numba
-except ImportError:  # pragma: no cover
-    numba = None
+# Whether numba is installed; None until first asked. numba itself is imported at the
+# first prediction: importing it takes ~1.4 s, which every `spacy.load` of a
+# spacy-distill pipeline and every CLI call would otherwise pay.
+_available: Optional[bool] = None
 
 # "auto": numba's kernel when numba is installed; "thinc": always thinc's kernel.
 KERNEL_ENV = "SPACY_DISTILL_LSTM_KERNEL"
@@ -52,12 +53,27 @@ def kernel_choice() -> str:
     return value
 
 
+def numba_available() -> bool:
+    """Whether numba can be imported (looked up once, without importing it).
+
+    RETURNS (bool): True when numba is installed.
+    """
+    global _available
+    if _available is None:
+        try:
+            _available = importlib.util.find_spec("numba") is not None
+        except (ImportError, ValueError):
+            # ValueError: a module set to None in sys.modules (import blocked).
+            _available = False
+    return _available
+
+
 def use_numba() -> bool:
     """Whether the LSTM's inference runs this module's kernel (numba installed, not turned off).
 
     RETURNS (bool): True when ``lstm_inference`` is used.
     """
-    return numba is not None and kernel_choice() == "auto"
+    return kernel_choice() == "auto" and numba_available()
 
 
 def _recurrence(G, WhT, bias, lengths, starts, h_init, c_init, Y, col, backward):  # pragma: no cover - compiled
@@ -124,6 +140,8 @@ def _kernel():
     # thinc's kernel, pays nothing), cached on disk by numba for the next process.
     global _compiled
     if _compiled is None:
+        import numba
+
         _compiled = numba.njit(cache=True, nogil=True)(_recurrence)
     return _compiled
 
@@ -141,7 +159,7 @@ def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Fl
     lengths (Ints1d): Sequences alive at each step (non-increasing).
     RETURNS (Floats2d): (N, dirs * nO): each row's forward then backward state.
     """
-    if numba is None:
+    if not numba_available():
         raise RuntimeError("lstm_inference needs numba (pip install 'spacy-distill[fast]')")
     kernel = _kernel()
     ops = _numpy_ops()
