@@ -106,8 +106,13 @@ def test_the_layer_runs_the_kernel_unless_turned_off(monkeypatch):
         Yp = lstm.predict(Xp)
         assert len(calls) == int(runs)
         numpy.testing.assert_allclose(thinc_padded_to_packed(ops, Yp).data, thincs, rtol=0, atol=2e-6)
-    # Training runs thinc's forward pass whatever the setting (its state feeds backprop).
+    # One sequence (one doc at a time) skips the packing; the same kernel and floats.
     monkeypatch.setenv(KERNEL_ENV, "auto")
+    del calls[:]
+    one = lstm.predict(ops.list2padded(Xs[:1]))
+    assert len(calls) == 1 and one.data.shape == (6, 1, WIDTH)
+    numpy.testing.assert_array_equal(ops.padded2list(one)[0], model.predict(Xs)[0])
+    # Training runs thinc's forward pass whatever the setting (its state feeds backprop).
     del calls[:]
     Yp, _ = lstm(Xp, is_train=True)
     assert not calls

@@ -86,14 +86,20 @@ def LSTM(
 def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[Padded, Callable]:
     """thinc's LSTM forward pass; the backward pass is :func:`backprop_lstm`."""
     ops = model.ops
-    Xr = _padded_to_packed(ops, Xp)
     params = cast(Floats1d, model.get_param("LSTM"))
     HC0 = cast(Floats4d, model.get_param("HC0"))
     # thinc's layer passes (H0, C0) where its kernels name the arguments (c_init,
     # h_init); kept as is, so that the outputs are thinc's to the bit (HC0 is zeros).
     H0, C0 = HC0[0], HC0[1]
+    compiled = not is_train and isinstance(ops, NumpyOps) and use_numba()
+    n_steps, batch = Xp.data.shape[0], Xp.data.shape[1]
+    if compiled and batch == 1 and n_steps:
+        # One sequence (one doc at a time): its padded rows are its packed rows.
+        Y = numba_inference(params, H0, C0, cast(Floats2d, Xp.data.reshape((n_steps, -1))), Xp.size_at_t)
+        return Padded(Y.reshape((n_steps, 1, -1)), size_at_t=Xp.size_at_t, lengths=Xp.lengths, indices=Xp.indices), _no_backprop
+    Xr = _padded_to_packed(ops, Xp)
     if not is_train:
-        if len(Xr.data) and isinstance(ops, NumpyOps) and use_numba():
+        if compiled and len(Xr.data):
             Y = numba_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         elif model.get_dim("dirs") == 2 and len(Xr.data) and _one_pass(ops, int(Xr.lengths[0])):
             Y = fused_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)

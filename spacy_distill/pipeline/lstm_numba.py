@@ -76,51 +76,57 @@ def use_numba() -> bool:
     return kernel_choice() == "auto" and numba_available()
 
 
-def _recurrence(G, WhT, bias, lengths, starts, h_init, c_init, Y, col, backward):  # pragma: no cover - compiled
-    """One layer-direction over packed, time-major rows (gate-major columns: f, i, o, c).
+def _recurrence(G, WhT, bias, lengths, starts, h_init, c_init, Y):  # pragma: no cover - compiled
+    """One layer over packed, time-major rows, every direction (gate-major: f, i, o, c).
 
-    G (N, 4 nO): the rows' input-to-gates products. WhT (nO, 4 nO): the hidden-to-gates
-    weights, transposed. lengths[t]: the sequences alive at step t (non-increasing),
-    whose rows start at starts[t]. Writes each row's hidden state to Y[row, col:col+nO].
-    The backward direction runs the steps in reverse, each sequence from its own end.
+    G (N, dirs * 4 nO): the rows' input-to-gates products, direction d's in columns
+    d * 4 nO onwards. WhT (dirs, nO, 4 nO): the hidden-to-gates weights, transposed.
+    bias (dirs, 4 nO). h_init, c_init (dirs, nO): the start states. lengths[t]: the
+    sequences alive at step t (non-increasing), whose rows start at starts[t]. Writes
+    each row's hidden states to Y (N, dirs * nO). Direction 1 runs the steps in
+    reverse, each sequence from its own end.
     """
     n_steps = lengths.shape[0]
-    nO = WhT.shape[0]
-    n_gates = WhT.shape[1]
+    dirs = WhT.shape[0]
+    nO = WhT.shape[1]
+    n_gates = WhT.shape[2]
     batch = lengths[0]
     h_prev = numpy.empty((batch, nO), numpy.float32)
     c_prev = numpy.empty((batch, nO), numpy.float32)
-    for b in range(batch):
-        for j in range(nO):
-            h_prev[b, j] = h_init[j]
-            c_prev[b, j] = c_init[j]
     acc = numpy.empty(n_gates, numpy.float32)
     gates = numpy.empty(n_gates, numpy.float32)
     one = numpy.float32(1.0)
-    for k in range(n_steps):
-        t = n_steps - 1 - k if backward else k
-        start = starts[t]
-        for b in range(lengths[t]):
-            row = start + b
-            for u in range(n_gates):
-                acc[u] = 0.0
-            # Over j outside, the gates inside: contiguous, so the loop is vectorized.
+    for d in range(dirs):
+        g_col = d * n_gates
+        y_col = d * nO
+        for b in range(batch):
             for j in range(nO):
-                h_j = h_prev[b, j]
+                h_prev[b, j] = h_init[d, j]
+                c_prev[b, j] = c_init[d, j]
+        for k in range(n_steps):
+            t = n_steps - 1 - k if d == 1 else k
+            start = starts[t]
+            for b in range(lengths[t]):
+                row = start + b
                 for u in range(n_gates):
-                    acc[u] += h_j * WhT[j, u]
-            for u in range(n_gates):
-                gates[u] = (G[row, u] + acc[u]) + bias[u]
-            for u in range(3 * nO):
-                gates[u] = numpy.float32(1.0 / (one + numpy.float32(math.exp(-gates[u]))))
-            for u in range(3 * nO, n_gates):
-                gates[u] = math.tanh(gates[u])
-            for u in range(nO):
-                c = gates[u] * c_prev[b, u] + gates[nO + u] * gates[3 * nO + u]
-                h = numpy.float32(math.tanh(c)) * gates[2 * nO + u]
-                c_prev[b, u] = c
-                h_prev[b, u] = h
-                Y[row, col + u] = h
+                    acc[u] = 0.0
+                # Over j outside, the gates inside: contiguous, so the loop is vectorized.
+                for j in range(nO):
+                    h_j = h_prev[b, j]
+                    for u in range(n_gates):
+                        acc[u] += h_j * WhT[d, j, u]
+                for u in range(n_gates):
+                    gates[u] = (G[row, g_col + u] + acc[u]) + bias[d, u]
+                for u in range(3 * nO):
+                    gates[u] = numpy.float32(1.0 / (one + numpy.float32(math.exp(-gates[u]))))
+                for u in range(3 * nO, n_gates):
+                    gates[u] = math.tanh(gates[u])
+                for u in range(nO):
+                    c = gates[u] * c_prev[b, u] + gates[nO + u] * gates[3 * nO + u]
+                    h = numpy.float32(math.tanh(c)) * gates[2 * nO + u]
+                    c_prev[b, u] = c
+                    h_prev[b, u] = h
+                    Y[row, y_col + u] = h
     return 0
 
 
@@ -171,29 +177,27 @@ def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Fl
     offset = 0
     for i in range(depth):
         n_rows, nI = X.shape
+        Wx, WhT, bias = [], [], []
+        for _ in range(dirs):
+            bounds = numpy.cumsum((offset, 4 * nO * nI, 4 * nO, 4 * nO * nO, 4 * nO)).tolist()
+            Wx.append(params[bounds[0] : bounds[1]].reshape((4 * nO, nI)))
+            WhT.append(params[bounds[2] : bounds[3]].reshape((4 * nO, nO)).T)
+            bias.append(params[bounds[1] : bounds[2]] + params[bounds[3] : bounds[4]])
+            offset = bounds[4]
+        # One BLIS call for the directions' input products, as thinc's kernel calls it
+        # (numpy's BLAS rounds a row differently in batches of other shapes): a row's
+        # gates, and so its outputs, do not depend on its batch.
+        G = ops.gemm(numpy.ascontiguousarray(X, dtype=numpy.float32), numpy.concatenate(Wx), trans2=True)
         Y = numpy.zeros((n_rows, dirs * nO), dtype=numpy.float32)
-        for d in range(dirs):
-            sizes = (4 * nO * nI, 4 * nO, 4 * nO * nO, 4 * nO)
-            bounds = numpy.cumsum((offset,) + sizes)
-            Wx = params[bounds[0] : bounds[1]].reshape((4 * nO, nI))
-            bx = params[bounds[1] : bounds[2]]
-            Wh = params[bounds[2] : bounds[3]].reshape((4 * nO, nO))
-            bh = params[bounds[3] : bounds[4]]
-            offset = int(bounds[4])
-            # BLIS, as thinc's kernel (numpy's BLAS rounds a row differently in batches of
-            # other shapes): a row's gates, and so its outputs, do not depend on its batch.
-            G = ops.gemm(numpy.ascontiguousarray(X, dtype=numpy.float32), numpy.ascontiguousarray(Wx), trans2=True)
-            kernel(
-                G,
-                numpy.ascontiguousarray(Wh.T),
-                bx + bh,
-                steps,
-                starts,
-                numpy.ascontiguousarray(C0[i, d], dtype=numpy.float32),
-                numpy.ascontiguousarray(H0[i, d], dtype=numpy.float32),
-                Y,
-                d * nO,
-                d == 1,
-            )
+        kernel(
+            G,
+            numpy.ascontiguousarray(numpy.stack(WhT)),
+            numpy.stack(bias),
+            steps,
+            starts,
+            numpy.ascontiguousarray(C0[i], dtype=numpy.float32),
+            numpy.ascontiguousarray(H0[i], dtype=numpy.float32),
+            Y,
+        )
         X = Y
     return X
