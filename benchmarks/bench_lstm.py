@@ -1,5 +1,6 @@
-"""The student's LSTM at inference: spacy-distill.LSTM.v1 (both directions in one pass of
-thinc's kernel) against thinc's own LSTM with the same weights, on the inputs the student's
+"""The student's LSTM at inference: spacy-distill.LSTM.v1 (with numba installed, its
+recurrence compiled; without, both directions in one pass of thinc's kernel; the report
+says which) against thinc's own LSTM with the same weights, on the inputs the student's
 LSTM gets for the test docs ``evaluate`` times, and the whole textcat model with each.
 
     python benchmarks/bench_lstm.py training/student_mix corpus/test.spacy \
@@ -23,6 +24,7 @@ from thinc.api import Model, with_padded
 
 from spacy_distill.evaluation.data import read_test, sample_per_lang
 from spacy_distill.io import write_json, write_text
+from spacy_distill.pipeline.lstm_numba import use_numba
 
 LANGS = "de,en,es,fr,ja,zh"
 
@@ -126,6 +128,11 @@ def main(
     layer = _median_seconds(_variants(node, stock, Xs), rounds)
     whole = _median_seconds(_variants(model, stock_model, docs), rounds)
     n_docs, n_tokens = len(docs), sum(len(x) for x in Xs)
+    kernel = (
+        "the compiled recurrence (`spacy_distill/pipeline/lstm_numba.py`, numba installed)"
+        if use_numba()
+        else "thinc's kernel, both directions in one pass for batches of up to 64 (no numba, or `SPACY_DISTILL_LSTM_KERNEL=thinc`)"
+    )
 
     def row(what: str, t: Dict[str, float], mode: str) -> str:
         ours, thinc = t[f"ours_{mode}"], t[f"thinc_{mode}"]
@@ -151,6 +158,8 @@ def main(
         "",
         f"Same outputs (every float): the layer {'yes' if same_layer else 'NO'}, the model's logits "
         f"{'yes' if same_model else 'NO'}.",
+        "",
+        f"spacy-distill.LSTM.v1's inference here: {kernel}.",
     ]
     report = "\n".join(lines) + "\n"
     print(report)
@@ -159,7 +168,8 @@ def main(
         write_json(
             output.with_suffix(".json"),
             {"pipeline": str(pipeline), "docs": n_docs, "tokens": n_tokens, "rounds": rounds,
-             "layer_seconds": layer, "model_seconds": whole, "same_layer": same_layer, "same_model": same_model},
+             "layer_seconds": layer, "model_seconds": whole, "same_layer": same_layer, "same_model": same_model,
+             "numba_kernel": use_numba()},
         )
     if not (same_layer and same_model):
         raise SystemExit("bench_lstm: the two LSTMs gave different outputs")

@@ -43,6 +43,13 @@ def _layer(depth: int, bi: bool, width: int = WIDTH, seed: int = 0):
     return lstm, model
 
 
+def _run_fresh(code: str) -> str:
+    """Run ``code`` in a fresh Python process; its stripped stdout (it must exit 0)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
 def _packed(lengths, width, seed):
     ops = NumpyOps()
     Xp = ops.list2padded(_sequences(lengths, width, seed))
@@ -151,10 +158,7 @@ def test_a_pipeline_without_numba_runs_thincs_kernel(tmp_path):
         "assert 'numba' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
-
+    assert _run_fresh(code) == "ok"
 
 
 def test_importing_the_plugin_does_not_import_numba():
@@ -165,6 +169,4 @@ def test_importing_the_plugin_does_not_import_numba():
         "assert lstm_numba.numba_available()\n"
         "print('numba' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert _run_fresh(code) == "False"
