@@ -68,7 +68,7 @@ def test_kernel_matches_thincs_within_float_rounding(depth, bi, lengths):
     # layer's H0 as the cells' start) is checked too.
     H0, C0 = numpy.random.default_rng(5).normal(size=(2, depth, dirs, nO)).astype("f")
     expected = ops.lstm_forward_inference(params, H0, C0, Xr.data, Xr.lengths)
-    got = lstm_inference(params, H0, C0, Xr.data, Xr.lengths)
+    got = lstm_inference(ops, params, H0, C0, Xr.data, Xr.lengths)
     assert got.shape == expected.shape == (sum(lengths), WIDTH) and got.dtype == numpy.float32
     # Where BLIS's kernel for the CPU sums h Wh in another order (FMA), float32 rounding
     # that the recurrence carries on; thinc's to the bit on the hosts measured.
@@ -137,7 +137,7 @@ def test_without_numba_the_kernel_says_what_to_install(monkeypatch):
     monkeypatch.setattr(lstm_numba, "_available", False)
     assert not use_numba()
     with pytest.raises(RuntimeError, match="spacy-distill\\[fast\\]"):
-        lstm_inference(numpy.zeros(4, "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1), "f"), numpy.ones(1, "i"))
+        lstm_inference(NumpyOps(), numpy.zeros(4, "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1, 1), "f"), numpy.zeros((1, 1), "f"), numpy.ones(1, "i"))
 
 
 def test_a_pipeline_without_numba_runs_thincs_kernel(tmp_path):

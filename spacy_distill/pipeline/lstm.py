@@ -37,6 +37,7 @@ from thinc.layers.lstm import _padded_to_packed as _thinc_padded_to_packed
 from thinc.layers.lstm import init as lstm_init
 from thinc.types import Floats1d, Floats2d, Floats4d, Ints1d, Padded, Ragged
 
+from .lstm_layout import N_GATES, layer_slices
 from .lstm_numba import lstm_inference as numba_inference
 from .lstm_numba import use_numba
 
@@ -47,10 +48,6 @@ from .lstm_numba import use_numba
 # metrics/lstm_inference.md), 27 % off batches of 8, 12 % off 64, 5 % off 128 and
 # added 2 % to 300 (the passes in alternating order), so larger batches keep thinc's.
 FUSED_MAX_BATCH = 64
-
-# The four gates of a hidden unit, in the order of thinc's fused kernels (the last
-# axis of its gate arrays): forget, input, output (sigmoids), candidate cell (tanh).
-N_GATES = 4
 
 
 @registry.layers("spacy-distill.LSTM.v1")
@@ -95,12 +92,12 @@ def forward(model: Model[Padded, Padded], Xp: Padded, is_train: bool) -> Tuple[P
     n_steps, batch = Xp.data.shape[0], Xp.data.shape[1]
     if compiled and batch == 1 and n_steps:
         # One sequence (one doc at a time): its padded rows are its packed rows.
-        Y = numba_inference(params, H0, C0, cast(Floats2d, Xp.data.reshape((n_steps, -1))), Xp.size_at_t)
+        Y = numba_inference(ops, params, H0, C0, cast(Floats2d, Xp.data.reshape((n_steps, -1))), Xp.size_at_t)
         return Padded(Y.reshape((n_steps, 1, -1)), size_at_t=Xp.size_at_t, lengths=Xp.lengths, indices=Xp.indices), _no_backprop
     Xr = _padded_to_packed(ops, Xp)
     if not is_train:
         if compiled and len(Xr.data):
-            Y = numba_inference(params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
+            Y = numba_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         elif model.get_dim("dirs") == 2 and len(Xr.data) and _one_pass(ops, int(Xr.lengths[0])):
             Y = fused_inference(ops, params, H0, C0, cast(Floats2d, Xr.data), Xr.lengths)
         else:
@@ -197,7 +194,7 @@ def _fuse_directions(params: Floats1d, nO: int, nI: int, offset: int) -> Tuple[n
     """
     blocks = []
     for _ in range(2):
-        sWx, sbx, sWh, sbh, offset = _layer_slices(nO, nI, offset)
+        sWx, sbx, sWh, sbh, offset = layer_slices(nO, nI, offset)
         blocks.append(
             (
                 params[sWx].reshape((N_GATES, nO, nI)),
@@ -233,16 +230,6 @@ def _reversed_rows(lengths: numpy.ndarray) -> numpy.ndarray:
 
 def _no_backprop(dYp: Padded) -> Padded:
     raise ValueError("spacy-distill.LSTM: backprop called after a forward pass with is_train=False")
-
-
-def _layer_slices(nO: int, nI: int, offset: int) -> Tuple[slice, slice, slice, slice, int]:
-    """Where one layer-direction's Wx, bx, Wh, bh lie in the flat params (thinc's layout)."""
-    sizes = (N_GATES * nO * nI, N_GATES * nO, N_GATES * nO * nO, N_GATES * nO)
-    slices = []
-    for size in sizes:
-        slices.append(slice(offset, offset + size))
-        offset += size
-    return slices[0], slices[1], slices[2], slices[3], offset
 
 
 def _unit_major(W: numpy.ndarray, nO: int) -> numpy.ndarray:
@@ -297,7 +284,7 @@ def backprop_lstm(
         layer_offsets = []
         for _ in range(dirs):
             layer_offsets.append(offset)
-            offset = _layer_slices(nO, inputs[i].shape[1], offset)[4]
+            offset = layer_slices(nO, inputs[i].shape[1], offset)[4]
         offsets.append(layer_offsets)
     dY_layer = xp.asarray(dY, dtype="f").reshape((N, dirs, nO))
     for i in reversed(range(depth)):
@@ -305,7 +292,7 @@ def backprop_lstm(
         nI = X_i.shape[1]
         dX_i = xp.zeros((N, nI), dtype="f")
         for d in range(dirs):
-            sWx, sbx, sWh, sbh, _ = _layer_slices(nO, nI, offsets[i][d])
+            sWx, sbx, sWh, sbh, _ = layer_slices(nO, nI, offsets[i][d])
             Wx = _unit_major(params[sWx].reshape((N_GATES * nO, nI)), nO)
             Wh = _unit_major(params[sWh].reshape((N_GATES * nO, nO)), nO)
             # The forward pass's "c_init" argument holds its cells' start, "h_init" its

@@ -32,6 +32,8 @@ import numpy
 from thinc.api import NumpyOps
 from thinc.types import Floats1d, Floats2d, Ints1d
 
+from .lstm_layout import N_GATES, layer_slices
+
 # Whether numba is installed; None until first asked. numba itself is imported at the
 # first prediction: importing it takes ~1.4 s, which every `spacy.load` of a
 # spacy-distill pipeline and every CLI call would otherwise pay.
@@ -131,14 +133,6 @@ def _recurrence(G, WhT, bias, lengths, starts, h_init, c_init, Y):  # pragma: no
 
 
 _compiled: Optional[object] = None
-_ops: Optional[NumpyOps] = None
-
-
-def _numpy_ops() -> NumpyOps:
-    global _ops
-    if _ops is None:
-        _ops = NumpyOps()
-    return _ops
 
 
 def _kernel():
@@ -152,12 +146,15 @@ def _kernel():
     return _compiled
 
 
-def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Floats2d, lengths: Ints1d) -> Floats2d:
+def lstm_inference(
+    ops: NumpyOps, params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Floats2d, lengths: Ints1d
+) -> Floats2d:
     """thinc's LSTM inference (``ops.lstm_forward_inference``) with the recurrence compiled.
 
     The same arguments and layout as thinc's: flat params per layer and direction
     Wx (4 nO, nI), bx (4 nO), Wh (4 nO, nO), bh (4 nO), gate-major.
 
+    ops (NumpyOps): The layer's ops (BLIS's gemm for the input products).
     params (Floats1d): The layer's flat params.
     H0 (numpy.ndarray): The first initial-state argument, (depth, dirs, nO).
     C0 (numpy.ndarray): The second, (depth, dirs, nO).
@@ -168,7 +165,6 @@ def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Fl
     if not numba_available():
         raise RuntimeError("lstm_inference needs numba (pip install 'spacy-distill[fast]')")
     kernel = _kernel()
-    ops = _numpy_ops()
     depth, dirs, nO = H0.shape
     steps = numpy.ascontiguousarray(lengths, dtype=numpy.int64)
     starts = numpy.zeros(len(steps), dtype=numpy.int64)
@@ -179,11 +175,10 @@ def lstm_inference(params: Floats1d, H0: numpy.ndarray, C0: numpy.ndarray, X: Fl
         n_rows, nI = X.shape
         Wx, WhT, bias = [], [], []
         for _ in range(dirs):
-            bounds = numpy.cumsum((offset, 4 * nO * nI, 4 * nO, 4 * nO * nO, 4 * nO)).tolist()
-            Wx.append(params[bounds[0] : bounds[1]].reshape((4 * nO, nI)))
-            WhT.append(params[bounds[2] : bounds[3]].reshape((4 * nO, nO)).T)
-            bias.append(params[bounds[1] : bounds[2]] + params[bounds[3] : bounds[4]])
-            offset = bounds[4]
+            sWx, sbx, sWh, sbh, offset = layer_slices(nO, nI, offset)
+            Wx.append(params[sWx].reshape((N_GATES * nO, nI)))
+            WhT.append(params[sWh].reshape((N_GATES * nO, nO)).T)
+            bias.append(params[sbx] + params[sbh])
         # One BLIS call for the directions' input products, as thinc's kernel calls it
         # (numpy's BLAS rounds a row differently in batches of other shapes): a row's
         # gates, and so its outputs, do not depend on its batch.
